@@ -10,8 +10,12 @@ Same data, model and worker count for every system, no attack (the cost of resil
 Besides wall-clock figures it reports CPU time per step, summed over every process of the local
 Ray instance (driver, raylet, actors): on a shared machine wall time depends on what else runs,
 CPU time much less. All runs share one local Ray instance, so start-up is the actors' alone.
+Each system runs ``--repeat`` times (the median run is shown) per ``--actors`` value: one actor
+per node (every message a Ray call), and the nodes hosted by a few actors (``ray.actors``: servers
+in some, workers in the others, messages between actors batched).
 
     python benchmarks/overhead.py                    # digits + MLP (the demo's workload)
+    python benchmarks/overhead.py --actors 3 --repeat 1   # only the nodes hosted by 3 actors, once
     python benchmarks/overhead.py --workload mnist-cnn --steps 150
 """
 
@@ -78,7 +82,9 @@ def cpu_used(before: dict[int, tuple[bytes, int]], after: dict[int, tuple[bytes,
     return {pid: (ticks - before.get(pid, (b"", 0))[1]) / tick for pid, (_, ticks) in after.items()}
 
 
-def run_one(name: str, section: dict[str, Any], args: argparse.Namespace, out: Path) -> dict[str, Any] | None:
+def run_one(
+    name: str, section: dict[str, Any], args: argparse.Namespace, actors: int | None, out: Path
+) -> dict[str, Any] | None:
     from byzsgd.config import config_from_dict
     from byzsgd.protocols import PROTOCOLS
     from byzsgd.registry import ConfigError
@@ -99,6 +105,7 @@ def run_one(name: str, section: dict[str, Any], args: argparse.Namespace, out: P
         "server_attack": {"name": "none"},
         **WORKLOADS[args.workload],
         **section,
+        "ray": {"actors": actors},
     }
     try:
         config = config_from_dict(data)
@@ -141,6 +148,28 @@ def fmt(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def print_table(results: list[dict[str, Any]]) -> None:
+    base = next((r for r in results if r["system"] == "vanilla"), None)
+    print(
+        f"{'system':12s} {'actors':>6s} {'start s':>8s} {'start CPU s':>11s} "
+        f"{'steps/s':>8s} {'range':>11s} {'x vanilla':>9s} "
+        f"{'CPU ms/step':>11s} {'x vanilla':>9s} {'busiest ms':>10s} {'x vanilla':>9s} "
+        f"{'steps→acc':>9s} {'s→acc':>7s} {'final acc':>9s}"
+    )
+    for r in results:
+        speed = r["steps_per_s"] / base["steps_per_s"] if base else None
+        cpu = base["cpu_ms_per_step"] / r["cpu_ms_per_step"] if base and r["cpu_ms_per_step"] else None
+        busy = r["busiest_actor_ms_per_step"]
+        node = base["busiest_actor_ms_per_step"] / busy if base and busy else None
+        print(
+            f"{r['system']:12s} {fmt(r['actors'], 'd'):>6s} {r['startup_s']:8.1f} {r['startup_cpu_s']:11.1f} "
+            f"{r['steps_per_s']:8.2f} {'{:.1f}-{:.1f}'.format(*r['steps_per_s_range']):>11s} "
+            f"{fmt(speed, '.2f'):>9s} {r['cpu_ms_per_step']:11.1f} {fmt(cpu, '.2f'):>9s} "
+            f"{busy:10.1f} {fmt(node, '.2f'):>9s} "
+            f"{fmt(r['steps_to_target'], 'd'):>9s} {fmt(r['time_to_target_s'], '.1f'):>7s} {r['final_acc']:9.3f}"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workload", choices=sorted(WORKLOADS), default="digits-mlp")
@@ -153,6 +182,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-ps", type=int, default=5)
     parser.add_argument("--f-ps", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--actors",
+        nargs="+",
+        default=["node", str((os.cpu_count() or 1) + 1)],
+        help="ray.actors values to compare: 'node' (one actor per node) or a count "
+        "(default: node, and cores + 1: one actor for the servers and one per core for the workers)",
+    )
+    parser.add_argument("--repeat", type=int, default=3, help="runs per system and placement; the median is shown")
     parser.add_argument("--only", nargs="*", help="run only these systems")
     parser.add_argument("--out", help="keep the runs' results here (default: a temporary folder)")
     args = parser.parse_args(argv)
@@ -162,43 +199,35 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     print(f"ray.init: {time.perf_counter() - started:.1f} s; {os.cpu_count()} cores; load {os.getloadavg()[0]:.1f}")
-    results = []
+    tables = {}
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(args.out) if args.out else Path(scratch)
         try:
-            for name, section in systems(args.n_w, args.f_w, args.n_ps, args.f_ps).items():
-                if args.only and name not in args.only:
-                    continue
-                print(f"running {name} ...", flush=True)
-                row = run_one(name, section, args, out)
-                if row:
-                    results.append(row)
+            for actors in args.actors:
+                count = None if actors == "node" else int(actors)
+                rows = tables[actors] = []
+                for name, section in systems(args.n_w, args.f_w, args.n_ps, args.f_ps).items():
+                    if args.only and name not in args.only:
+                        continue
+                    print(f"running {name}, ray.actors={count}, {args.repeat}x ...", flush=True)
+                    folder = out / f"actors-{actors}"
+                    runs = [run_one(name, section, args, count, folder / str(i)) for i in range(args.repeat)]
+                    runs = sorted((r for r in runs if r), key=lambda r: r["steps_per_s"])
+                    if runs:  # the median run, and the spread of steps/s over the repeats
+                        row = runs[len(runs) // 2]
+                        row["steps_per_s_range"] = (runs[0]["steps_per_s"], runs[-1]["steps_per_s"])
+                        rows.append(row)
         finally:
             ray.shutdown()
-    base = next((r for r in results if r["system"] == "vanilla"), None)
     print(
         f"\n{args.workload}, {args.n_w} workers, {args.steps} steps, no attack; "
         f"time-to-accuracy at test_acc >= {args.target}; load average now {os.getloadavg()[0]:.1f}"
     )
-    header = (
-        f"{'system':12s} {'actors':>6s} {'start s':>8s} {'start CPU s':>11s} {'steps/s':>8s} {'x vanilla':>9s} "
-        f"{'CPU ms/step':>11s} {'x vanilla':>9s} {'busiest ms':>10s} {'x vanilla':>9s} "
-        f"{'steps→acc':>9s} {'s→acc':>7s} {'final acc':>9s}"
-    )
-    print(header)
-    for r in results:
-        speed = r["steps_per_s"] / base["steps_per_s"] if base else None
-        cpu = base["cpu_ms_per_step"] / r["cpu_ms_per_step"] if base and r["cpu_ms_per_step"] else None
-        busy = r["busiest_actor_ms_per_step"]
-        node = base["busiest_actor_ms_per_step"] / busy if base and busy else None
-        print(
-            f"{r['system']:12s} {fmt(r['actors'], 'd'):>6s} {r['startup_s']:8.1f} {r['startup_cpu_s']:11.1f} "
-            f"{r['steps_per_s']:8.2f} {fmt(speed, '.2f'):>9s} {r['cpu_ms_per_step']:11.1f} {fmt(cpu, '.2f'):>9s} "
-            f"{busy:10.1f} {fmt(node, '.2f'):>9s} "
-            f"{fmt(r['steps_to_target'], 'd'):>9s} {fmt(r['time_to_target_s'], '.1f'):>7s} {r['final_acc']:9.3f}"
-        )
+    for actors, results in tables.items():
+        print(f"\nray.actors: {'one per node' if actors == 'node' else actors}")
+        print_table(results)
     print(
-        "x vanilla: steps/s ratio; vanilla's CPU per step (all processes) over the system's; and vanilla's\n"
+        "\nx vanilla: steps/s ratio; vanilla's CPU per step (all processes) over the system's; and vanilla's\n"
         "busiest-actor CPU per step over the system's, the steps/s ratio to expect when every node has its\n"
         "own core (a cluster). All three: higher is better."
     )

@@ -76,9 +76,7 @@ def ref_meamed(x, f):
 
 def ref_krum_scores(x, neighbours):
     d2 = ref_sq_distances(x)
-    return np.array(
-        [sum(sorted(d2[i, j] for j in range(len(x)) if j != i)[:neighbours]) for i in range(len(x))]
-    )
+    return np.array([sum(sorted(d2[i, j] for j in range(len(x)) if j != i)[:neighbours]) for i in range(len(x))])
 
 
 def ref_multikrum(x, f, m=None, neighbours=None):
@@ -132,9 +130,7 @@ def ref_centered_clipping(x, tau, iterations, center):
 
 def ref_nnm(x, f):
     d2 = ref_sq_distances(x)
-    return np.stack(
-        [x[np.argsort(d2[i], kind="stable")[: len(x) - f]].mean(0) for i in range(len(x))]
-    )
+    return np.stack([x[np.argsort(d2[i], kind="stable")[: len(x) - f]].mean(0) for i in range(len(x))])
 
 
 def ref_clip(x, limit):
@@ -218,9 +214,7 @@ def test_bucketing_is_seeded_and_averages_buckets():
     x = sample(12, 5, 2)
     # Equal buckets: the mean of bucket means is the mean, whatever the shuffle.
     np.testing.assert_allclose(make_aggregator("bucketing", f=2, base="mean", s=3)(x), x.mean(0))
-    np.testing.assert_allclose(
-        make_aggregator("bucketing", f=2, base="median", s=1)(x), np.median(x, axis=0)
-    )
+    np.testing.assert_allclose(make_aggregator("bucketing", f=2, base="median", s=1)(x), np.median(x, axis=0))
     a = make_aggregator("bucketing", f=2, base="median", seed=7)
     b = make_aggregator("bucketing", f=2, base="median", seed=7)
     first = [a(x) for _ in range(3)]
@@ -228,9 +222,7 @@ def test_bucketing_is_seeded_and_averages_buckets():
     assert not np.array_equal(first[0], first[1]) or not np.array_equal(first[1], first[2])
 
 
-@pytest.mark.parametrize(
-    "values,expected", [([0, 1, 2, 100, -100], 1.0), ([0, 0, 3, 100, 100], 1.0)]
-)
+@pytest.mark.parametrize("values,expected", [([0, 1, 2, 100, -100], 1.0), ([0, 0, 3, 100, 100], 1.0)])
 def test_ctma_examples(values, expected):
     x = np.array(values, dtype=np.float64)[:, None]
     assert make_aggregator("ctma", f=2, base="median")(x)[0] == pytest.approx(expected)
@@ -259,6 +251,90 @@ def test_coordinate_median(n):
     bf = coordinate_median(t.to(torch.bfloat16))  # torch path: numpy has no bfloat16
     assert bf.dtype == torch.bfloat16
     np.testing.assert_allclose(bf.float().numpy(), np.median(x, axis=0), atol=0.05)
+
+
+def partition_median(x: np.ndarray) -> np.ndarray:
+    """The median as computed before the sorting network (one np.partition): NaN sorts last."""
+    n = len(x)
+    lo, hi = (n - 1) // 2, n // 2
+    part = np.partition(x, hi, axis=0)
+    return part[hi] if lo == hi else part[:hi].max(axis=0) / 2 + part[hi] / 2
+
+
+def awkward(n: int, d: int, dtype, seed: int, nan: bool = False) -> np.ndarray:
+    """Ties (small integers), distinct values, +-inf, signed zeros and optionally NaN."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-3, 4, size=(n, d)).astype(dtype)
+    x[:, : d // 2] = rng.standard_normal((n, d // 2))
+    mask = rng.random((n, d)) < 0.1
+    x[mask] = rng.choice([np.inf, -np.inf, -0.0, 0.0] + [np.nan] * nan, size=mask.sum())
+    return x
+
+
+def network_sized(n: int) -> int:
+    return 32 * n * max(n - 1, 1) + 7  # wide enough for coordinate_median to take the sorting network
+
+
+@pytest.fixture
+def partition_calls(monkeypatch):
+    """Counts np.partition calls, to tell which path coordinate_median took."""
+    calls = []
+    original = np.partition
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(np, "partition", counted)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", range(1, 17))
+def test_median_network_is_exact(n, dtype, partition_calls):
+    from byzsgd.aggregators.classic import _sorted_rows
+
+    x = awkward(n, network_sized(n), dtype, seed=n)
+    x.setflags(write=False)
+    expected = np.median(x, axis=0)  # +inf and -inf in the middle give NaN here too
+    old = partition_median(x)
+    partition_calls.clear()
+    out = coordinate_median(x)
+    assert len(partition_calls) == (0 if 1 < n <= 12 else 1)
+    assert out.dtype == dtype and out.shape == (x.shape[1],)
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(out, old)  # equal up to the sign of a zero
+    np.testing.assert_array_equal(np.stack(_sorted_rows(x)), np.sort(x, axis=0))
+    perm = np.random.default_rng(n).permutation(n)
+    np.testing.assert_array_equal(coordinate_median(x[perm]), out)
+
+
+@pytest.mark.parametrize("n", range(1, 17))
+def test_median_with_nan_matches_the_partition_path(n):
+    for dtype in [np.float32, np.float64]:
+        x = awkward(n, network_sized(n), dtype, seed=100 + n, nan=True)
+        x[:, :40] = 1.0
+        x[: (n - 1) // 2, 0] = np.nan  # as many as the median tolerates: it stays finite
+        x[: (n - 1) // 2 + 1, 1] = np.nan  # one more, and it is NaN
+        x[:, 2] = np.nan
+        if n > 1:
+            x[-1, 3] = np.nan  # a lone NaN in the last row: the largest
+            x[-1, 4] = -np.inf
+        old = partition_median(x)
+        assert np.isfinite(old[0]) and np.isnan(old[1:3]).all()
+        np.testing.assert_array_equal(coordinate_median(x), old)
+        perm = np.random.default_rng(n).permutation(n)
+        np.testing.assert_array_equal(coordinate_median(x[perm]), old)
+
+
+@pytest.mark.parametrize("n", range(2, 13))
+def test_sorting_network_spreads_a_nan_to_every_row(n):
+    # _median relies on this to notice NaN input from the middle row alone.
+    from byzsgd.aggregators.classic import _sorted_rows
+
+    x = np.zeros((n, n))
+    np.fill_diagonal(x, np.nan)  # column j: one NaN, in row j
+    assert np.isnan(np.stack(_sorted_rows(x))).all()
 
 
 # -- properties of every rule ----------------------------------------------------------------

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 
 class RecordedActors:
-    """Wraps the runtime's NodeActor class to keep each node's actor handle, so a test can kill it."""
+    """Wraps the runtime's NodeActor class to keep each node's host actor, so a test can kill it."""
 
     def __init__(self, actor_class):
         self.actor_class = actor_class
@@ -22,9 +22,10 @@ class RecordedActors:
         recorder = self
 
         class Remote:
-            def remote(self, config_dict, node_id, *args, **kwargs):
-                recorder.handles[node_id] = shell.remote(config_dict, node_id, *args, **kwargs)
-                return recorder.handles[node_id]
+            def remote(self, config_dict, node_ids, *args, **kwargs):
+                handle = shell.remote(config_dict, node_ids, *args, **kwargs)
+                recorder.handles.update(dict.fromkeys(node_ids, handle))
+                return handle
 
         return Remote()
 

@@ -15,9 +15,18 @@ millisecond at n=31, f=10, next to the O(n^2 d) distance matrix.
 Among subsets of optimal diameter we return the lexicographically smallest index set (decided
 greedily, index by index, with the same cover search), so the output is deterministic and is
 permutation invariant except when distinct subsets tie exactly on diameter.
+
+For small instances (n=7, f=2: 21 subsets) that search's Python steps cost more than scoring
+every subset at once: when the subsets' pairs number at most _BRUTE_FORCE_ENTRIES, numpy takes
+the max of d2 over each subset's pairs and the first minimum over the subsets, listed in
+lexicographic order, which is the same answer.
 """
 
 from __future__ import annotations
+
+import functools
+import itertools
+import math
 
 import numpy as np
 import torch
@@ -129,9 +138,40 @@ def _lexicographic(adj: list[int], n: int, f: int, witness: int) -> int:
     return everyone & ~removed
 
 
+# Scoring every subset beats the search while it gathers at most this many distances (measured:
+# about 60 us at this size against the search's 150-300 us; they break even near 1e5).
+_BRUTE_FORCE_ENTRIES = 50_000
+
+
+@functools.lru_cache(maxsize=64)
+def _subsets(n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every `size`-subset of range(n) in lexicographic order, and each one's pairs i < j as flat
+    indices into an (n, n) matrix (both read-only: they are shared between calls)."""
+    subsets = np.array(list(itertools.combinations(range(n), size)), dtype=np.intp).reshape(-1, size)
+    i, j = np.triu_indices(size, 1)
+    pairs = subsets[:, i] * n + subsets[:, j]
+    subsets.setflags(write=False)
+    pairs.setflags(write=False)
+    return subsets, pairs
+
+
 def min_diameter_subset(d2: np.ndarray, size: int) -> np.ndarray:
     """Sorted indices of the lexicographically smallest subset of `size` points whose largest
-    pairwise (squared) distance in `d2` is minimal."""
+    pairwise (squared) distance in the symmetric matrix `d2` is minimal.
+
+    Scores every subset when they are few, else runs `search_min_diameter_subset`."""
+    n = d2.shape[0]
+    if 1 < size < n and math.comb(n, size) * (size * (size - 1) // 2) <= _BRUTE_FORCE_ENTRIES:
+        subsets, pairs = _subsets(n, size)
+        # argmin returns the first minimum: the lexicographically smallest optimal subset (as a
+        # copy: astype never hands out the cached table).
+        return subsets[np.argmin(np.ravel(d2)[pairs].max(axis=1))].astype(np.int64)
+    return search_min_diameter_subset(d2, size)
+
+
+def search_min_diameter_subset(d2: np.ndarray, size: int) -> np.ndarray:
+    """`min_diameter_subset` by binary search over thresholds and vertex-cover search (see the
+    module docstring): exponential in n - size only in the worst case."""
     n = d2.shape[0]
     f = n - size
     if f <= 0:

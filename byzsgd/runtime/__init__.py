@@ -18,13 +18,16 @@ def run(config, monitor) -> dict:  # noqa: ANN001 - ExperimentConfig, Monitor
 
 
 def counters_row(sent: Mapping[str, int], rejections: Iterable[Mapping[str, int]]) -> dict[str, int]:
-    """Message counters as the metrics report them; pass only correct nodes' rejections."""
+    """Message counters as the metrics report them; pass only correct nodes' rejections. The Ray
+    runtime also counts its ``deliver`` calls (``ray_calls``: fewer than messages when batched)."""
     rejected: Counter[str] = Counter()
     for counts in rejections:
         rejected.update(counts)
+    calls = {"ray_calls": sent["ray_calls"]} if "ray_calls" in sent else {}
     return {
         "messages": sent.get("messages", 0),
         "bytes": sent.get("bytes", 0),
+        **calls,
         "byzantine_messages": sent.get("byzantine_messages", 0),
         "rejected": sum(rejected.values()),
         **{f"rejected_{reason}": count for reason, count in sorted(rejected.items())},

@@ -1,20 +1,25 @@
-"""The Ray runtime: one actor per node, messages sent actor to actor (no central relay).
+"""The Ray runtime: protocol nodes hosted by actors that send each other messages directly.
 
-Each actor is a thin shell around a protocol node: it hands incoming messages to the node,
-stamps its own id on what the node sends and calls the receivers' ``deliver`` directly: a
-small payload inline in the call, a large one once through the object store (a broadcast is
-one ``ray.put``). A Byzantine node's shell applies its attack itself when the attack needs only
-its own vector; an omniscient attack goes through the fault-injector actor, to which correct
-nodes of the attacked role also tap their outgoing payloads (fire and forget: a correct node
-never waits for the adversary). Actors are spread over the cluster's machines or packed onto
-few (``ray.placement``).
+By default each node is its own actor (``ray.actors: null``); with ``ray.actors: k`` the nodes
+are dealt over k actors. An actor is a thin shell: it queues incoming messages, hands them one
+at a time to the node they are for, stamps the sender on what that node sends, and delivers it:
+in its own queue when the receiver lives here, otherwise batched, one ``deliver`` call per
+receiving actor once its queue has run dry (a Ray call costs ~2 ms of CPU, shipping a payload
+much less). A payload goes once per call, a small one inline, a large one as one ``ray.put``
+shared by every call that carries it. A Byzantine node's attack runs in its shell when it needs
+only the node's own vector; an omniscient attack goes through the fault-injector actor, to which
+correct nodes of the attacked role also tap their outgoing payloads (fire and forget: a correct
+node never waits for the adversary). Actors are spread over the cluster's machines or packed
+onto few (``ray.placement``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections import Counter
+import zlib
+from collections import Counter, defaultdict, deque
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -24,16 +29,18 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from byzsgd.attacks import FlippedLabels
 from byzsgd.config import ExperimentConfig, config_from_dict
 from byzsgd.faults import FaultInjector
 from byzsgd.messages import Message
 from byzsgd.metrics import Monitor
 from byzsgd.protocols import PROTOCOLS
-from byzsgd.protocols.base import node_index
+from byzsgd.protocols.base import Node
 from byzsgd.runtime import counters_row
 from byzsgd.runtime.local import StalledError
 from byzsgd.training import Workload
+
+# What a batched call carries per message: sender, receiver, kind, round, index of its payload.
+Header = tuple[str, str, str, int, int]
 
 
 def _setup_process(config: ExperimentConfig) -> None:
@@ -70,86 +77,137 @@ class InjectorActor:
 
 @ray.remote
 class NodeActor:
-    def __init__(
-        self,
-        config_dict: dict[str, Any],
-        node_id: str,
-        injector: Any = None,
-        tap: Any = None,
-        flip_labels: bool = False,
-        attacks_locally: bool = False,
-    ) -> None:
+    """Hosts ``node_ids``; ``adversary`` is the injector actor when an omniscient attack runs."""
+
+    def __init__(self, config_dict: dict[str, Any], node_ids: list[str], adversary: Any = None) -> None:
         config = config_from_dict(config_dict)
         _setup_process(config)
-        self.node_id = node_id
-        workload = FlippedLabels(Workload(config)) if flip_labels else Workload(config)
-        self.node = PROTOCOLS[config.protocol].make_node(config, node_id, workload)
-        self.injector = injector
-        # An attack that needs only this node's own vector runs in this process: no round trip
-        # to the injector actor, which is kept for omniscient attacks (they see every correct node).
-        self.local_injector = FaultInjector(config) if attacks_locally else None
-        self.tap = tap  # the injector, for correct nodes an omniscient adversary observes
+        protocol = PROTOCOLS[config.protocol]
+        # Attacks that need only the node's own vector run here: no round trip to the adversary.
+        self.injector = FaultInjector(config)
+        workload = Workload(config)  # one per process: its nodes share the data and the model's buffers
+        self.nodes: dict[str, Node] = {
+            node_id: protocol.make_node(config, node_id, self.injector.workload_for(node_id, workload))
+            for node_id in node_ids
+        }
+        self.adversary = adversary
+        omniscient = {n for n in node_ids if self.injector.role(n).attack.omniscient}
+        self.colluding = {n for n in omniscient if self.injector.is_byzantine(n)} if adversary else set()
+        self.tapped = {n for n in node_ids if self.injector.observes(n)} if adversary else set()
         self.network = config.network
-        self.reorder_rng = np.random.default_rng([config.seed, 2, node_index(node_id), node_id.startswith("w")])
-        self.peers: dict[str, Any] = {}
-        self.sent: Counter[str] = Counter()
-        self.snapshots: dict[int, np.ndarray] = {}
-        self.waiters: dict[int, asyncio.Future] = {}
+        self.reorder_rng = np.random.default_rng([config.seed, 2, zlib.crc32(",".join(node_ids).encode())])
+        self.queue: deque[Message] = deque()
+        self.outbox: defaultdict[int, list[Message]] = defaultdict(list)
+        self.hosts: list[Any] = []
+        self.home: dict[str, int] = {}
+        self.index = -1
+        self.sent: Counter[str] = Counter(ray_calls=0)
+        self.snapshots: dict[tuple[str, int], np.ndarray] = {}
+        self.waiters: dict[tuple[str, int], asyncio.Future] = {}
 
-    def connect(self, peers: dict[str, Any]) -> None:
-        self.peers = peers
+    def connect(self, hosts: list[Any], home: dict[str, int], index: int) -> None:
+        """Every actor's handle, which actor hosts each node, and this actor's own index."""
+        self.hosts, self.home, self.index = hosts, home, index
 
     async def start(self) -> None:
-        await self._handle(self.node.start())
+        for node_id, node in self.nodes.items():
+            self._route(node_id, node.start())
+            self._take_reports(node)
+        self._pump()
 
-    async def deliver(self, sender: str, kind: str, round_: int, payload: np.ndarray) -> None:
-        await self._handle(self.node.on_message(Message(sender, self.node_id, kind, round_, payload)))
+    async def deliver(self, headers: list[Header], *payloads: np.ndarray) -> None:
+        for sender, receiver, kind, round_, index in headers:
+            self.queue.append(Message(sender, receiver, kind, round_, payloads[index]))
+        self._pump()
 
-    async def report(self, step: int) -> np.ndarray:
-        """This server's model after ``step``, as soon as it gets there."""
-        if step in self.snapshots:
-            return self.snapshots.pop(step)
-        waiter = self.waiters[step] = asyncio.get_running_loop().create_future()
+    async def report(self, node_id: str, step: int) -> np.ndarray:
+        """Server ``node_id``'s model after ``step``, as soon as it gets there."""
+        if (node_id, step) in self.snapshots:
+            return self.snapshots.pop((node_id, step))
+        waiter = self.waiters[node_id, step] = asyncio.get_running_loop().create_future()
         return await waiter
 
     def stats(self) -> dict[str, Any]:
-        return {"sent": dict(self.sent), "rejected": dict(self.node.rejected), "step": self.node.step}
+        nodes = {node_id: {"rejected": dict(node.rejected), "step": node.step} for node_id, node in self.nodes.items()}
+        return {"sent": dict(self.sent), "nodes": nodes}
 
-    async def _handle(self, outgoing: list[Message]) -> None:
-        for step, vector in self.node.drain_reports():
-            waiter = self.waiters.pop(step, None)
+    def _pump(self) -> None:
+        """Run every queued message through its node, then send what is bound for other actors."""
+        while self.queue:
+            message = self.queue.popleft()
+            node = self.nodes.get(message.receiver)
+            if node is None:
+                continue
+            self._route(message.receiver, node.on_message(message))
+            self._take_reports(node)
+        self._flush()
+
+    def _take_reports(self, node: Node) -> None:
+        for step, vector in node.drain_reports():
+            waiter = self.waiters.pop((node.node_id, step), None)
             if waiter is not None:
                 waiter.set_result(vector)
             else:
-                self.snapshots[step] = vector
-        if self.tap is not None and outgoing:
-            self.tap.observe.remote(outgoing)
+                self.snapshots[node.node_id, step] = vector
+
+    def _route(self, sender: str, outgoing: list[Message]) -> None:
+        if not outgoing:
+            return
+        if sender in self.tapped:
+            self.adversary.observe.remote(outgoing)
+        if sender in self.colluding:
+            # The adversary may wait for this round's correct vectors, some perhaps queued here:
+            # corrupt in a task, so this actor's other nodes go on meanwhile.
+            asyncio.get_running_loop().create_task(self._corrupt_remotely(sender, outgoing))
+            return
         planned = [(message, 0.0) for message in outgoing]
-        if self.local_injector is not None and outgoing:
-            planned = self.local_injector.corrupt(outgoing)
+        if self.injector.is_byzantine(sender):
+            planned = self.injector.corrupt(outgoing)
             self.sent["byzantine_messages"] += len(planned)
-        elif self.injector is not None and outgoing:
-            planned = await self.injector.corrupt.remote(outgoing)
-            self.sent["byzantine_messages"] += len(planned)
-        refs: dict[int, Any] = {}
+        self._dispatch(sender, planned)
+
+    async def _corrupt_remotely(self, sender: str, outgoing: list[Message]) -> None:
+        planned = await self.adversary.corrupt.remote(outgoing)
+        self.sent["byzantine_messages"] += len(planned)
+        self._dispatch(sender, planned)
+        self._pump()
+
+    def _dispatch(self, sender: str, planned: list[tuple[Message, float]]) -> None:
         for message, hold in planned:
-            receiver = self.peers.get(message.receiver)
-            if receiver is None:
+            host = self.home.get(message.receiver)
+            if host is None:
                 continue
-            key = id(message.payload)
-            if key not in refs:
-                refs[key] = shipped(message.payload)
+            if message.sender != sender:  # the shell stamps the sender: an attack cannot speak as another node
+                message = replace(message, sender=sender)
             if self.network.reorder and self.reorder_rng.random() < self.network.reorder:
                 hold += self.network.reorder_delay
-            # The shell stamps the sender: a node (or its attack) controls only the payload.
-            arguments = (self.node_id, message.kind, message.round, refs[key])
-            if hold > 0:  # a slow node or a held-back (reordered) message
-                delay_s = hold * self.network.time_unit_s
-                asyncio.get_running_loop().call_later(delay_s, lambda a=arguments, r=receiver: r.deliver.remote(*a))
-            else:
-                receiver.deliver.remote(*arguments)
             self.sent["messages"] += 1
-            self.sent["bytes"] += message.payload.nbytes
+            self.sent["bytes"] += getattr(message.payload, "nbytes", 0)  # a Byzantine payload may be anything
+            if hold > 0:  # a slow node or a held-back (reordered) message
+                asyncio.get_running_loop().call_later(hold * self.network.time_unit_s, self._send_late, host, message)
+            elif host == self.index:
+                self.queue.append(message)
+            else:
+                self.outbox[host].append(message)
+
+    def _send_late(self, host: int, message: Message) -> None:
+        (self.queue if host == self.index else self.outbox[host]).append(message)
+        self._pump()
+
+    def _flush(self) -> None:
+        for host, messages in self.outbox.items():
+            payloads: list[Any] = []
+            slot: dict[int, int] = {}
+            headers: list[Header] = []
+            for message in messages:
+                key = id(message.payload)  # a broadcast's payload is one object: ship it once
+                if key not in slot:
+                    slot[key] = len(payloads)
+                    payloads.append(shipped(message.payload))
+                headers.append((message.sender, message.receiver, message.kind, message.round, slot[key]))
+            self.hosts[host].deliver.remote(headers, *payloads)
+            self.sent["ray_calls"] += 1
+        self.outbox.clear()
 
 
 INLINE_PAYLOAD_BYTES = 100 * 1024  # Ray inlines call arguments up to this size (max_direct_call_object_size)
@@ -159,7 +217,7 @@ def shipped(payload: np.ndarray) -> Any:
     """What a call carries for ``payload``: a small one inline (half the cost of a trip through
     the object store, measured), a large one as a single ``ray.put`` that every receiver of a
     broadcast shares."""
-    return payload if payload.nbytes < INLINE_PAYLOAD_BYTES else ray.put(payload)
+    return payload if getattr(payload, "nbytes", 0) < INLINE_PAYLOAD_BYTES else ray.put(payload)
 
 
 def start_ray(config: ExperimentConfig) -> bool:
@@ -216,49 +274,64 @@ class Placement:
             remove_placement_group(self.group)
 
 
+def host_groups(servers: list[str], workers: list[str], actors: int | None) -> list[list[str]]:
+    """The nodes each actor hosts: one node per actor, or ``actors`` actors of which some host
+    servers and the others workers, in proportion to their counts. Roles talk to each other,
+    so a phase's messages then cross in one call per pair of actors, and messages among servers
+    (ByzSGD's Gather) stay inside their actors."""
+    nodes = servers + workers
+    if actors is None or actors >= len(nodes):
+        return [[node] for node in nodes]
+    if actors == 1 or not servers or not workers:
+        return [nodes[i::actors] for i in range(actors)]
+    server_actors = min(max(1, round(actors * len(servers) / len(nodes))), len(servers), actors - 1)
+    worker_actors = min(actors - server_actors, len(workers))
+    return [servers[i::server_actors] for i in range(server_actors)] + [
+        workers[i::worker_actors] for i in range(worker_actors)
+    ]
+
+
 def run_ray(config: ExperimentConfig, monitor: Monitor) -> dict[str, Any]:
     protocol = PROTOCOLS[config.protocol]
-    node_ids = protocol.server_ids(config) + protocol.worker_ids(config)
+    groups = host_groups(protocol.server_ids(config), protocol.worker_ids(config), config.ray.actors)
+    home = {node_id: index for index, group in enumerate(groups) for node_id in group}
     owns_ray = start_ray(config)
-    actors: dict[str, Any] = {}
+    hosts: list[Any] = []
     placement = adversary = None
+    # The driver evaluates models on the cores the actors use: idle torch threads spinning here
+    # would take CPU from them.
+    driver_threads = torch.get_num_threads()
+    _setup_process(config)
     try:
         config_dict = config.to_dict()
         injector = FaultInjector(config)
-        omniscient = {node for node in injector.byzantine if injector.role(node).attack.omniscient}
-        placement = Placement(config, len(node_ids) + bool(omniscient))
+        omniscient = any(injector.role(node).attack.omniscient for node in injector.byzantine)
+        placement = Placement(config, len(groups) + omniscient)
         adversary = InjectorActor.options(**placement.options()).remote(config_dict) if omniscient else None
-        for node_id in node_ids:
-            shell = NodeActor.options(**placement.options())
-            actors[node_id] = shell.remote(
-                config_dict,
-                node_id,
-                adversary if node_id in omniscient else None,
-                tap=adversary if injector.observes(node_id) else None,
-                flip_labels=injector.flips_labels(node_id),
-                attacks_locally=injector.is_byzantine(node_id) and node_id not in omniscient,
-            )
-        ray.get([actor.connect.remote(actors) for actor in actors.values()])
-        ray.get([actor.start.remote() for actor in actors.values()])
-        collect_reports(config, monitor, actors, injector)
-        return {"actors": len(actors) + (adversary is not None)}
+        for group in groups:
+            hosts.append(NodeActor.options(**placement.options()).remote(config_dict, group, adversary))
+        ray.get([host.connect.remote(hosts, home, index) for index, host in enumerate(hosts)])
+        ray.get([host.start.remote() for host in hosts])
+        collect_reports(config, monitor, hosts, home, injector)
+        return {"actors": len(hosts) + (adversary is not None)}
     finally:
-        for actor in [*actors.values(), *([adversary] if adversary is not None else [])]:
+        for actor in [*hosts, *([adversary] if adversary is not None else [])]:
             ray.kill(actor)  # a sweep runs many experiments in one driver: leave no actor behind
         if placement is not None:
             placement.release()
         if owns_ray:
             ray.shutdown()
+        torch.set_num_threads(driver_threads)
 
 
 def collect_reports(
-    config: ExperimentConfig, monitor: Monitor, actors: dict[str, Any], injector: FaultInjector
+    config: ExperimentConfig, monitor: Monitor, hosts: list[Any], home: dict[str, int], injector: FaultInjector
 ) -> None:
     """Fetch every correct server's model at each reported step and feed the monitor."""
     for step in report_steps(config):
         if not monitor.live_servers:
             raise StalledError("every correct server has crashed")
-        refs = {server: actors[server].report.remote(step) for server in monitor.live_servers}
+        refs = {server: hosts[home[server]].report.remote(server, step) for server in monitor.live_servers}
         models = {}
         for server, ref in refs.items():
             try:
@@ -268,29 +341,29 @@ def collect_reports(
             except GetTimeoutError:
                 raise StalledError(
                     f"server {server} did not reach step {step} within {config.ray.snapshot_timeout_s} s "
-                    f"(server steps: {server_steps(actors, monitor.servers)})"
+                    f"(server steps: {server_steps(hosts, monitor.servers)})"
                 ) from None
-        stats = actor_stats(actors)
+        stats = host_stats(hosts)
         counters = counters_row(
-            sum((Counter(s["sent"]) for s in stats.values()), Counter()),
-            (s["rejected"] for node, s in stats.items() if not injector.is_byzantine(node)),
+            sum((Counter(s["sent"]) for s in stats), Counter()),
+            (node["rejected"] for s in stats for n, node in s["nodes"].items() if not injector.is_byzantine(n)),
         )
         monitor.counters = lambda counters=counters: counters
         for server, vector in models.items():
             monitor.report(server, step, vector)
 
 
-def actor_stats(actors: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def host_stats(hosts: list[Any]) -> list[dict[str, Any]]:
     """Counters of every live actor (a crashed one has none to give)."""
-    refs = {node: actor.stats.remote() for node, actor in actors.items()}
-    stats = {}
-    for node, ref in refs.items():
+    refs = [host.stats.remote() for host in hosts]
+    stats = []
+    for ref in refs:
         try:
-            stats[node] = ray.get(ref, timeout=30)
+            stats.append(ray.get(ref, timeout=30))
         except (RayActorError, GetTimeoutError):
             continue
     return stats
 
 
-def server_steps(actors: dict[str, Any], servers: list[str]) -> dict[str, int]:
-    return {node: stat["step"] for node, stat in actor_stats(actors).items() if node in servers}
+def server_steps(hosts: list[Any], servers: list[str]) -> dict[str, int]:
+    return {n: node["step"] for s in host_stats(hosts) for n, node in s["nodes"].items() if n in servers}
