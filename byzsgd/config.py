@@ -103,7 +103,7 @@ class RayConfig:
     placement: Literal["spread", "pack"] = "spread"
     # How many actors host the protocol nodes. None: one per node (every node its own process).
     # k: the nodes are dealt round-robin over k actors, which batch what they send each other;
-    # on a laptop, about one actor per core avoids paying a Ray call per message.
+    # on a laptop, cores + 1 actors (servers in one, workers over the rest) avoid a Ray call per message.
     actors: int | None = None
 
 

@@ -7,7 +7,7 @@ import pytest
 from byzsgd.metrics import read_jsonl
 from byzsgd.registry import ConfigError
 from byzsgd.runner import run_experiment
-from byzsgd.runtime.ray import host_groups
+from byzsgd.runtime.ray import INLINE_PAYLOAD_BYTES, host_groups
 from tests.conftest import make_config
 
 
@@ -43,6 +43,7 @@ def test_nodes_sharing_two_actors_batch_their_messages_and_still_resist_attacks(
         attack={"name": "ipm", "params": {"eps": 2.0}},  # omniscient: corrupted by the adversary actor
         server_attack={"name": "signflip", "params": {"scale": 10.0}},  # corrupted in its own host
         network={"reorder": 0.2, "reorder_delay": 2.0},  # held-back messages travel on their own
+        model={"name": "mlp", "hidden": 512},  # 154 KB vectors: through the object store, not inline
         ray={"actors": 2},
     )
     result = run_experiment(config, tmp_path / "run")
@@ -51,6 +52,7 @@ def test_nodes_sharing_two_actors_batch_their_messages_and_still_resist_attacks(
     assert [r["step"] for r in rows] == [0, 10, 20, 30]
     assert rows[-1]["test_acc"] > 0.5
     assert rows[-1]["byzantine_messages"] > 0
+    assert rows[-1]["bytes"] / rows[-1]["messages"] > INLINE_PAYLOAD_BYTES
     # Messages between co-hosted nodes take no call, the rest share calls: far fewer calls than messages.
     assert 0 < rows[-1]["ray_calls"] < rows[-1]["messages"] / 3
 

@@ -195,15 +195,18 @@ class NodeActor:
         self._pump()
 
     def _flush(self) -> None:
+        shipments: dict[int, Any] = {}  # a broadcast's payload is one object: one ray.put at most
         for host, messages in self.outbox.items():
             payloads: list[Any] = []
             slot: dict[int, int] = {}
             headers: list[Header] = []
             for message in messages:
-                key = id(message.payload)  # a broadcast's payload is one object: ship it once
+                key = id(message.payload)
                 if key not in slot:
+                    if key not in shipments:
+                        shipments[key] = shipped(message.payload)
                     slot[key] = len(payloads)
-                    payloads.append(shipped(message.payload))
+                    payloads.append(shipments[key])
                 headers.append((message.sender, message.receiver, message.kind, message.round, slot[key]))
             self.hosts[host].deliver.remote(headers, *payloads)
             self.sent["ray_calls"] += 1
