@@ -8,7 +8,7 @@ import torch
 from byzsgd.faults import FaultInjector
 from byzsgd.messages import broadcast
 from byzsgd.protocols import PROTOCOLS
-from byzsgd.protocols.byzsgd_sync import outlier_bound_factor
+from byzsgd.protocols.byzsgd_sync import outlier_bound_factor, sorted_percentile
 from byzsgd.runner import run_experiment
 from byzsgd.training import Workload
 from tests.conftest import make_config
@@ -121,3 +121,13 @@ def test_sync_run_trains_and_its_filters_reject_an_equivocating_server():
     assert rows[-1]["rejected_filter_outlier"] > 0
     honest = run()
     assert honest[-1]["test_acc"] > 0.8 and honest[-1].get("rejected_filter_outlier", 0) == 0
+
+
+def test_sorted_percentile_is_numpys_linear_percentile():
+    rng = np.random.default_rng(0)
+    for size in (1, 2, 3, 7, 50, 201):
+        values = sorted(rng.exponential(size=size).tolist() + [0.0] * (size % 3))
+        for q in (0.0, 12.5, 50.0, 80.0, 99.0, 100.0):
+            assert sorted_percentile(values, q) == pytest.approx(np.percentile(values, q), rel=1e-12, abs=0)
+    assert sorted_percentile([1.0, float("inf"), float("inf")], 80.0) == float("inf")
+    assert sorted_percentile([1.0, 2.0, float("inf")], 80.0) == float("inf")

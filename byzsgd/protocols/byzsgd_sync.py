@@ -26,6 +26,8 @@ correct models make safe. Filter rejections are counted as ``filter_lipschitz`` 
 
 from __future__ import annotations
 
+import bisect
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,6 +57,16 @@ def outlier_bound_factor(step: int, period: int, n_w: int, f_w: int) -> float:
     return (3 * period + 2) * (n_w - f_w) / (4 * f_w) + 2 * ((step - 1) % period)
 
 
+def sorted_percentile(values: list[float], q: float) -> float:
+    """``np.percentile(values, q)`` (linear interpolation) of an already sorted list: no array
+    is built, so keeping the whole history costs one insertion per step, not a sort."""
+    position = (len(values) - 1) * q / 100
+    low = math.floor(position)
+    if low + 1 >= len(values) or values[low + 1] == values[low]:  # also inf == inf: no inf - inf
+        return values[low]
+    return values[low] + (position - low) * (values[low + 1] - values[low])
+
+
 class ByzSGDSyncWorker(ByzSGDWorker):
     """The async worker's state plus the two filters; only ``on_message`` differs."""
 
@@ -81,7 +93,8 @@ class ByzSGDSyncWorker(ByzSGDWorker):
         self.period, self.lr = period, lr
         self.n_w, self.f_w = n_w, f_w
         self.percentile, self.warmup = percentile, warmup
-        self.lipschitz_history: list[float] = []
+        self.lipschitz_history: list[float] = []  # every candidate's k, in order
+        self.sorted_lipschitz: list[float] = []  # the same values, sorted, for the percentile
         self.previous: tuple[torch.Tensor, torch.Tensor] | None = None  # (x_prev, g_prev)
         self.accepted_from: list[str] = []  # the server whose model each step used ("median" at Gather)
 
@@ -125,9 +138,10 @@ class ByzSGDSyncWorker(ByzSGDWorker):
         distance = float(torch.linalg.vector_norm(point - x_prev))
         change = float(torch.linalg.vector_norm(gradient - g_prev))
         k = change / distance if distance > 0 else (0.0 if change == 0 else float("inf"))
-        history = self.lipschitz_history
-        lipschitz_ok = len(history) < self.warmup or k <= float(np.percentile(history, self.percentile))
-        history.append(k)
+        history = self.sorted_lipschitz
+        lipschitz_ok = len(history) < self.warmup or k <= sorted_percentile(history, self.percentile)
+        bisect.insort(history, k)
+        self.lipschitz_history.append(k)
         expected = x_prev - self.lr * g_prev
         bound = self.lr * float(torch.linalg.vector_norm(g_prev))
         bound *= outlier_bound_factor(self.step, self.period, self.n_w, self.f_w)
