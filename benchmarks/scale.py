@@ -1,8 +1,9 @@
 """How far one machine goes: the largest ByzSGD deployment on Ray, and 1,000 simulated nodes.
 
-Part 1 (Ray): one actor per node, e.g. 10 servers + 30 workers; reports ray.init time, the time
-until every actor is up and step 0 is evaluated, steps/s, and memory per actor (RSS, and PSS,
-which splits the pages actors share, such as torch's libraries, among them).
+Part 1 (Ray): one actor per node, e.g. 10 servers + 30 workers, or the nodes hosted by
+``--actors`` actors (``ray.actors``); reports ray.init time, the time until every actor is up and
+step 0 is evaluated, steps/s, and memory per actor (RSS, and PSS, which splits the pages actors
+share, such as torch's libraries, among them).
 
 Part 2 (in-process runtime, ``runtime: local``): the same protocol simulated with n nodes in
 one process, n up to 1,000, showing how the time per step grows with n (ByzSGD sends
@@ -10,6 +11,7 @@ one process, n up to 1,000, showing how the time per step grows with n (ByzSGD s
 
     python benchmarks/scale.py                           # both parts
     python benchmarks/scale.py --skip-ray --nodes 100 1000
+    python benchmarks/scale.py --skip-local --servers 20 --workers 200 --actors 3
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ def ray_part(args: argparse.Namespace) -> None:
         "steps": args.ray_steps,
         "eval_every": args.ray_steps,
         "nodes": {"n_ps": n_ps, "f_ps": (n_ps - 2) // 3, "n_w": n_w, "f_w": min(3, (n_w - 1) // 3)},
-        "ray": {"num_cpus_per_actor": 0.04},
+        "ray": {"num_cpus_per_actor": 0.04, "actors": args.actors},
     }
     config = config_from_dict(data)
     started = time.perf_counter()
@@ -102,7 +104,7 @@ def ray_part(args: argparse.Namespace) -> None:
     rate = config.steps / (rows[-1]["time_s"] - startup)
     nodes = config.nodes
     print(
-        f"\nRay, {n_ps} servers (f={nodes.f_ps}) + {n_w} workers (f={nodes.f_w}) = {n_ps + n_w} actors, "
+        f"\nRay, {n_ps} servers (f={nodes.f_ps}) + {n_w} workers (f={nodes.f_w}) in {result.summary['actors']} actors, "
         f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}:"
     )
     print(f"  ray.init {init_s:.1f} s; actors up and step 0 evaluated after {startup:.1f} s")
@@ -150,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--servers", type=int, default=10)
     parser.add_argument("--workers", type=int, default=30)
     parser.add_argument("--ray-steps", type=int, default=20)
+    parser.add_argument("--actors", type=int, help="ray.actors (default: one actor per node)")
     parser.add_argument("--nodes", type=int, nargs="+", default=[25, 100, 250, 500, 1000])
     parser.add_argument("--local-steps", type=int, default=5)
     parser.add_argument("--skip-ray", action="store_true")
