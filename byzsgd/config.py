@@ -102,8 +102,9 @@ class RayConfig:
     # possible (real network between nodes), or "pack"ed onto as few as possible (one placement group).
     placement: Literal["spread", "pack"] = "spread"
     # How many actors host the protocol nodes. None: one per node (every node its own process).
-    # k: the nodes are dealt round-robin over k actors, which batch what they send each other;
-    # on a laptop, cores + 1 actors (servers in one, workers over the rest) avoid a Ray call per message.
+    # k: servers share some of k actors and workers the others, and actors batch what they send
+    # each other; on a laptop, cores + 1 actors (servers in one, workers over the rest) avoid a
+    # Ray call per message.
     actors: int | None = None
 
 

@@ -90,7 +90,8 @@ def test_the_lipschitz_filter_rejects_a_stale_model_that_the_outlier_filter_lets
     assert np.linalg.norm(models["ps4"] - (x_prev - LR * g_prev).numpy()) <= LR * g_prev.norm() * 20
     seen = len(worker.lipschitz_history)
     deliver(worker, 4, models)
-    assert worker.lipschitz_history[seen] == float("inf")  # no move, a new gradient: k is unbounded
+    assert len(worker.lipschitz_history) > seen
+    assert worker.lipschitz_history[-1] == float("inf")  # no move, a new gradient: k is unbounded
     assert worker.rejected["filter_lipschitz"] >= 1 and worker.rejected["filter_outlier"] == 0
     assert worker.accepted_from[-1] in SERVERS[:3]
 

@@ -93,8 +93,7 @@ class ByzSGDSyncWorker(ByzSGDWorker):
         self.period, self.lr = period, lr
         self.n_w, self.f_w = n_w, f_w
         self.percentile, self.warmup = percentile, warmup
-        self.lipschitz_history: list[float] = []  # every candidate's k, in order
-        self.sorted_lipschitz: list[float] = []  # the same values, sorted, for the percentile
+        self.lipschitz_history: list[float] = []  # every candidate's k, kept sorted for the percentile
         self.previous: tuple[torch.Tensor, torch.Tensor] | None = None  # (x_prev, g_prev)
         self.accepted_from: list[str] = []  # the server whose model each step used ("median" at Gather)
 
@@ -138,10 +137,9 @@ class ByzSGDSyncWorker(ByzSGDWorker):
         distance = float(torch.linalg.vector_norm(point - x_prev))
         change = float(torch.linalg.vector_norm(gradient - g_prev))
         k = change / distance if distance > 0 else (0.0 if change == 0 else float("inf"))
-        history = self.sorted_lipschitz
+        history = self.lipschitz_history
         lipschitz_ok = len(history) < self.warmup or k <= sorted_percentile(history, self.percentile)
         bisect.insort(history, k)
-        self.lipschitz_history.append(k)
         expected = x_prev - self.lr * g_prev
         bound = self.lr * float(torch.linalg.vector_norm(g_prev))
         bound *= outlier_bound_factor(self.step, self.period, self.n_w, self.f_w)
