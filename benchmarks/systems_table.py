@@ -71,7 +71,7 @@ def experiment(system: str, attack: str, steps: int) -> dict[str, Any]:
 def run_one(job: tuple[str, str, int]) -> dict[str, Any]:
     import torch
 
-    from byzsgd.config import config_from_dict
+    from byzsgd.experiment import config_from_dict
     from byzsgd.runner import run_experiment
 
     torch.set_num_threads(1)

@@ -7,7 +7,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from byzsgd.config import ExperimentConfig, load_config
+from byzsgd.config import ExperimentConfig
+from byzsgd.experiment import load_config
 from byzsgd.registry import ConfigError
 
 SUMMARY_COLUMNS = [

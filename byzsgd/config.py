@@ -3,6 +3,10 @@
 Every field has a default, so a config file only states what differs from the embedded
 default. Protocol-specific options live in a top-level section named after the protocol
 (e.g. ``byzsgd: {period: 10}``); each protocol registers the dataclass that parses it.
+
+This module is data: parsing and the checks that hold for every protocol. It never imports the
+protocols; :mod:`byzsgd.experiment` hands it their option types (``config_from_dict``,
+``load_config``) and adds each protocol's own checks.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import copy
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -146,12 +151,12 @@ def default_config_dict() -> dict[str, Any]:
     return yaml.safe_load(text) or {}
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    """Load a YAML file (or the embedded default), apply ``key=value`` overrides, validate."""
+def read_config_dict(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """A YAML file (or the embedded default) as a mapping, with ``key=value`` overrides applied."""
     data = default_config_dict() if path is None else read_yaml_mapping(path, "config file")
     for override in overrides:
         apply_override(data, override)
-    return config_from_dict(data)
+    return data
 
 
 def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
@@ -190,20 +195,22 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
-    from byzsgd.protocols import PROTOCOLS  # the protocols register their option sections
-
+def parse_config(data: dict[str, Any], options: Mapping[str, type]) -> ExperimentConfig:
+    """Parse a config mapping and run the checks every protocol shares. ``options`` maps each
+    protocol's name to the dataclass of its option section; the protocol's own rules are
+    checked by :func:`byzsgd.experiment.config_from_dict`."""
     data = dict(data)
     protocol = data.get("protocol", ExperimentConfig.protocol)
     if not isinstance(protocol, str):
         raise ConfigError(f"protocol: expected a name, got {protocol!r}")
-    spec = PROTOCOLS[protocol]
-    sections = {name: data.pop(name) for name in PROTOCOLS.names() if name in data}
+    if protocol not in options:
+        raise ConfigError(f"unknown protocol {protocol!r}; known: {', '.join(sorted(options))}")
+    sections = {name: data.pop(name) for name in options if name in data}
     for name, section in sections.items():
         if section is not None and not isinstance(section, dict):
             raise ConfigError(f"{name}: expected a mapping of protocol options")
-    config = parse_dataclass(ExperimentConfig, data, "", extra_keys=PROTOCOLS.names())
-    config.options = parse_dataclass(spec.options, sections.get(protocol) or {}, protocol)
+    config = parse_dataclass(ExperimentConfig, data, "", extra_keys=sorted(options))
+    config.options = parse_dataclass(options[protocol], sections.get(protocol) or {}, protocol)
     validate(config)
     return config
 
@@ -276,8 +283,6 @@ def join(path: str, key: str) -> str:
 
 def validate(config: ExperimentConfig) -> None:
     """Checks that hold for every protocol; each protocol then checks its own rules."""
-    from byzsgd.protocols import PROTOCOLS
-
     positive = {
         "steps": config.steps,
         "eval_every": config.eval_every,
@@ -317,7 +322,6 @@ def validate(config: ExperimentConfig) -> None:
         )
     check_attack(config.attack, "attack", "workers", config.nodes.n_w, config.nodes.f_w)
     check_attack(config.server_attack, "server_attack", "servers", config.nodes.n_ps, config.nodes.f_ps)
-    PROTOCOLS[config.protocol].validate(config)
 
 
 def check_attack(attack: AttackConfig, field_name: str, role: str, n: int, f: int) -> None:

@@ -1,31 +1,25 @@
-"""Builds an experiment from a config, runs it on the chosen runtime, writes its results.
-
-A results folder holds ``config.yaml`` (the resolved config), ``metrics.jsonl`` (one row per
-evaluated step, written as it happens) and ``summary.json`` (written at the end).
-"""
+"""Runs one experiment: assembles its plan, runs it on the chosen runtime, writes its results
+folder (see :mod:`byzsgd.results`)."""
 
 from __future__ import annotations
 
-import json
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
+from byzsgd import results, runtime
 from byzsgd.config import ExperimentConfig
-from byzsgd.faults import FaultInjector
-from byzsgd.metrics import METRICS_FILE, JsonlWriter, Monitor
-from byzsgd.protocols import PROTOCOLS
+from byzsgd.experiment import assemble
+from byzsgd.metrics import Monitor
+from byzsgd.results import CONFIG_FILE, SUMMARY_FILE, new_run_dir
 from byzsgd.training import Workload
 
-SUMMARY_FILE = "summary.json"
-CONFIG_FILE = "config.yaml"
+__all__ = ["CONFIG_FILE", "SUMMARY_FILE", "RunResult", "new_run_dir", "run_experiment"]
 
 
 @dataclass
@@ -35,11 +29,6 @@ class RunResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
 
-def new_run_dir(config: ExperimentConfig) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    return Path(config.output_dir) / f"{config.name}-{stamp}"
-
-
 def run_experiment(
     config: ExperimentConfig,
     run_dir: str | Path | None = None,
@@ -47,28 +36,24 @@ def run_experiment(
 ) -> RunResult:
     run_dir = Path(run_dir) if run_dir is not None else new_run_dir(config)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    results.write_config(run_dir, config)
+    experiment = assemble(config)  # the only place a run is planned: runtimes and actors get the plan
     torch.manual_seed(config.seed)
     workload = Workload(config)
-    protocol = PROTOCOLS[config.protocol]
-    injector = FaultInjector(config)
-    correct_servers = [s for s in protocol.server_ids(config) if not injector.is_byzantine(s)]
-    writer = JsonlWriter(run_dir / METRICS_FILE)
-    monitor = Monitor(workload, correct_servers, config.steps, writer, on_row)
+    writer = results.metrics_writer(run_dir)
+    monitor = Monitor(workload, experiment.correct_servers, config.steps, writer, on_row)
     summary: dict[str, Any] = {
         "name": config.name,
         "protocol": config.protocol,
         "runtime": config.runtime,
         "device": str(workload.device),
-        "byzantine": injector.byzantine,
+        "byzantine": experiment.roster.byzantine,
         "parameters": workload.dimension,
-        **protocol.describe(config),
+        **experiment.settings,
     }
     started = time.perf_counter()
     try:
-        from byzsgd import runtime
-
-        summary.update(runtime.run(config, monitor))
+        summary.update(runtime.run(experiment, monitor))
         summary["status"] = "finished"
     except BaseException as error:
         summary["status"] = "failed"
@@ -80,5 +65,5 @@ def run_experiment(
         if monitor.rows:
             final = monitor.rows[-1]
             summary["final"] = {k: v for k, v in final.items() if k != "test_acc_per_server"}
-        (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+        results.write_summary(run_dir, summary)
     return RunResult(run_dir, summary, monitor.rows)
