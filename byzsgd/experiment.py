@@ -10,6 +10,7 @@ builds only its own nodes from it, so nothing is parsed, validated or searched t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,6 @@ from byzsgd.config import AttackConfig, ExperimentConfig, byzantine_count, parse
 from byzsgd.protocols import PROTOCOLS, Protocol
 
 if TYPE_CHECKING:
-    from byzsgd.faults import FaultInjector
     from byzsgd.protocols.base import Node
 
 
@@ -160,10 +160,11 @@ class Experiment:
     def correct_servers(self) -> list[str]:
         return [s for s in self.servers if not self.roster.is_byzantine(s)]
 
-    def make_nodes(self, node_ids: list[str], workload: Any, injector: FaultInjector) -> dict[str, Node]:
-        """Build ``node_ids`` on ``workload`` (a label-flipping worker gets its flipped view)."""
+    def make_nodes(self, node_ids: list[str], workload_for: Callable[[str], Any]) -> dict[str, Node]:
+        """Build ``node_ids``, each on its workload (the fault injector's ``workload_for``: a
+        label-flipping worker computes on flipped labels)."""
         protocol = self.protocol
-        return {n: protocol.make_node(self.config, n, injector.workload_for(n, workload)) for n in node_ids}
+        return {node_id: protocol.make_node(self.config, node_id, workload_for(node_id)) for node_id in node_ids}
 
 
 def assemble(config: ExperimentConfig) -> Experiment:

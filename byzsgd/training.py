@@ -52,11 +52,16 @@ class Workload:
         seed = self.config.seed * 1_000_003 + worker_index
         return BatchSampler(self.shards()[worker_index], self.config.data.batch_size, seed)
 
-    def gradient(self, vector: torch.Tensor, batch: np.ndarray) -> tuple[torch.Tensor, float]:
+    def gradient(
+        self, vector: torch.Tensor, batch: np.ndarray, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, float]:
+        """The loss gradient at ``vector`` on the training samples ``batch``; ``labels`` replaces
+        the training labels (a label-flipping worker's)."""
         set_vector(self.model, vector)
         self.model.zero_grad(set_to_none=False)
         index = torch.from_numpy(batch).to(self.device)
-        loss = F.cross_entropy(self.model(self._x_train[index]), self._y_train[index])
+        labels = self._y_train if labels is None else labels
+        loss = F.cross_entropy(self.model(self._x_train[index]), labels[index])
         loss.backward()
         return grad_vector(self.model).detach().clone(), float(loss.detach())
 

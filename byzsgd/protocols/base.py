@@ -14,22 +14,25 @@ import numpy as np
 import torch
 
 from byzsgd.messages import Inbox, Message
+from byzsgd.nodes import node_index, server_ids, worker_ids
+from byzsgd.registry import Registry
 
 if TYPE_CHECKING:
     from byzsgd.config import ExperimentConfig
     from byzsgd.training import Workload
 
-
-def server_ids(count: int) -> list[str]:
-    return [f"ps{i}" for i in range(count)]
-
-
-def worker_ids(count: int) -> list[str]:
-    return [f"w{i}" for i in range(count)]
-
-
-def node_index(node_id: str) -> int:
-    return int(node_id.lstrip("psw"))
+__all__ = [
+    "PROTOCOLS",
+    "Node",
+    "Protocol",
+    "ServerNode",
+    "node_index",
+    "register",
+    "server_ids",
+    "stack_payloads",
+    "to_payload",
+    "worker_ids",
+]
 
 
 def to_payload(vector: torch.Tensor) -> np.ndarray:
@@ -115,3 +118,12 @@ class Protocol:
     def describe(self, config: ExperimentConfig) -> dict[str, Any]:
         """Derived settings worth printing and recording (e.g. ByzSGD's gather period)."""
         return {}
+
+
+PROTOCOLS: Registry[Protocol] = Registry("protocol")
+
+
+def register(protocol: Protocol) -> Protocol:
+    """Make ``protocol`` selectable by name (``protocol:`` in YAML); each protocol module calls it."""
+    PROTOCOLS.register(protocol.name)(protocol)
+    return protocol

@@ -43,7 +43,7 @@ from byzsgd.coding import (
     worst_case,
 )
 from byzsgd.config import ExperimentConfig, byzantine_count
-from byzsgd.protocols import register
+from byzsgd.protocols.base import register
 from byzsgd.protocols.coded import CodedProtocol, NotDecodable, Scheme
 from byzsgd.registry import ConfigError
 

@@ -13,12 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from byzsgd.aggregators import make_aggregator
 from byzsgd.config import ExperimentConfig
 from byzsgd.optim import make_estimator, make_optimizer
-from byzsgd.protocols import register
-from byzsgd.protocols.base import Node, Protocol
-from byzsgd.protocols.byzsgd import ByzSGDServer, ByzSGDWorker, check_rule
+from byzsgd.protocols.base import Node, Protocol, register
+from byzsgd.protocols.byzsgd import check_rule, make_scatter_node
 from byzsgd.registry import ConfigError
 from byzsgd.training import Workload
 
@@ -61,36 +59,19 @@ class ParameterServer(Protocol):
         nodes = config.nodes
         rule = config.aggregator
         check_rule("aggregator.name", rule.name, nodes.f_w, nodes.n_w - nodes.f_w, rule.params)
-        make_aggregator(config.aggregator.name, f=nodes.f_w, **config.aggregator.params)
         check_optimizer(config)
 
     def make_node(self, config: ExperimentConfig, node_id: str, workload: Workload) -> Node:
-        nodes, window = config.nodes, config.options.window
-        servers, workers = self.server_ids(config), self.worker_ids(config)
-        if node_id in workers:
-            return ByzSGDWorker(
-                node_id,
-                workload,
-                servers=servers,
-                model_rule=first_model,
-                q_ps=1,
-                window=window,
-                estimator=make_estimator(config.optimizer),
-            )
-        return ByzSGDServer(
+        return make_scatter_node(
+            config,
             node_id,
-            workload.initial_vector(),
-            servers=servers,
-            workers=workers,
-            aggregator=make_aggregator(config.aggregator.name, f=nodes.f_w, **config.aggregator.params),
+            workload,
+            servers=self.server_ids(config),
+            workers=self.worker_ids(config),
             model_rule=first_model,
-            optimizer=make_optimizer(config.optimizer),
-            q_w=nodes.n_w - nodes.f_w,
             q_ps=1,
             period=config.steps + 1,  # never gathers: there is no other server
-            steps=config.steps,
-            report_every=config.eval_every,
-            window=window,
+            window=config.options.window,
         )
 
     def describe(self, config: ExperimentConfig) -> dict[str, Any]:

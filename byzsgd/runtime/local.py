@@ -97,7 +97,7 @@ class Network:
 def run_local(experiment: Experiment, monitor: Monitor) -> dict[str, Any]:
     injector = FaultInjector(experiment)
     # One workload serves every node: the simulation shares data and the model's buffers.
-    nodes = experiment.make_nodes(experiment.node_ids, monitor.workload, injector)
+    nodes = experiment.make_nodes(experiment.node_ids, lambda n: injector.workload_for(n, monitor.workload))
     network = Network(nodes, injector, experiment, monitor)
     monitor.counters = lambda: counters_row(
         network.sent, (node.rejected for n, node in nodes.items() if not injector.is_byzantine(n))

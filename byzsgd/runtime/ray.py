@@ -86,7 +86,7 @@ class NodeActor:
         # Attacks that need only the node's own vector run here: no round trip to the adversary.
         injector = FaultInjector(experiment)
         workload = Workload(config)  # one per process: its nodes share the data and the model's buffers
-        self.nodes: dict[str, Node] = experiment.make_nodes(node_ids, workload, injector)
+        self.nodes: dict[str, Node] = experiment.make_nodes(node_ids, lambda n: injector.workload_for(n, workload))
         self.adversary = adversary
         omniscient = {n for n in node_ids if injector.role(n).attack.omniscient}
         self.colluding = {n for n in omniscient if injector.is_byzantine(n)} if adversary else set()
