@@ -147,6 +147,7 @@ class Experiment:
     roster: Roster
     settings: dict[str, Any]  # the protocol's derived settings (e.g. ByzSGD's gather period)
     groups: list[list[str]]  # the nodes each Ray actor hosts
+    derived: dict[str, Any] = field(default_factory=dict)  # the protocol's searches (Protocol.derive)
 
     @property
     def protocol(self) -> Protocol:
@@ -164,6 +165,7 @@ class Experiment:
         """Build ``node_ids``, each on its workload (the fault injector's ``workload_for``: a
         label-flipping worker computes on flipped labels)."""
         protocol = self.protocol
+        protocol.restore(self.derived)
         return {node_id: protocol.make_node(self.config, node_id, workload_for(node_id)) for node_id in node_ids}
 
 
@@ -171,6 +173,7 @@ def assemble(config: ExperimentConfig) -> Experiment:
     """The plan of a run from a checked config (see :func:`config_from_dict`)."""
     protocol = PROTOCOLS[config.protocol]
     servers, workers = protocol.server_ids(config), protocol.worker_ids(config)
+    derived = protocol.derive(config)  # first: the searches below (roster, describe) reuse it
     return Experiment(
         config=config,
         servers=servers,
@@ -178,4 +181,5 @@ def assemble(config: ExperimentConfig) -> Experiment:
         roster=make_roster(config, protocol, servers, workers),
         settings=protocol.describe(config),
         groups=host_groups(servers, workers, config.ray.actors),
+        derived=derived,
     )

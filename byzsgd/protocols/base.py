@@ -115,6 +115,14 @@ class Protocol:
         not given), or None to let the fault injector draw them at random."""
         return None
 
+    def derive(self, config: ExperimentConfig) -> dict[str, Any]:
+        """Results of expensive searches on the config (DETOX's worst case), computed once per
+        run in the driver; the plan carries them to every process that builds nodes."""
+        return {}
+
+    def restore(self, derived: dict[str, Any]) -> None:
+        """Adopt what :meth:`derive` computed in the driver, so building nodes repeats no search."""
+
     def describe(self, config: ExperimentConfig) -> dict[str, Any]:
         """Derived settings worth printing and recording (e.g. ByzSGD's gather period)."""
         return {}

@@ -75,11 +75,18 @@ def build_assignment(kind: str, workers: int, r: int) -> Assignment:
         raise ConfigError(f"{where}: {error}") from None
 
 
-@functools.lru_cache(maxsize=64)
+# (assignment, n_w, r, q) -> distortable(...): the search is exhaustive, so a run does it once,
+# in the driver (Detox.derive), and the processes that build nodes adopt it (Detox.restore).
+SEARCHED: dict[tuple[str, int, int, int], tuple[int, tuple[int, ...]]] = {}
+
+
 def distortable(kind: str, workers: int, r: int, q: int) -> tuple[int, tuple[int, ...]]:
     """``(c_max(q), a worst-case worker set)`` for the assignment."""
-    result = worst_case(build_assignment(kind, workers, r), q)
-    return result.count, result.workers
+    key = (kind, workers, r, q)
+    if key not in SEARCHED:
+        result = worst_case(build_assignment(kind, workers, r), q)
+        SEARCHED[key] = result.count, result.workers
+    return SEARCHED[key]
 
 
 class FileVoteScheme(Scheme):
@@ -153,6 +160,15 @@ class Detox(CodedProtocol):
         if options.adversary != "worst_case":
             return None
         return list(distortable(options.assignment, config.nodes.n_w, options.replication, count)[1])
+
+    def derive(self, config: ExperimentConfig) -> dict[str, Any]:
+        options, n_w = config.options, config.nodes.n_w
+        qs = {config.nodes.f_w, byzantine_count(config.attack, config.nodes.f_w)}
+        keys = [(options.assignment, n_w, options.replication, q) for q in sorted(qs)]
+        return {"distortable": {key: distortable(*key) for key in keys}}
+
+    def restore(self, derived: dict[str, Any]) -> None:
+        SEARCHED.update(derived.get("distortable", {}))
 
     def describe(self, config: ExperimentConfig) -> dict[str, Any]:
         options = config.options
