@@ -193,17 +193,9 @@ class ByzSGD(Protocol):
 
     def make_node(self, config: ExperimentConfig, node_id: str, workload: Workload) -> Node:
         nodes, options = config.nodes, config.options
-        return make_scatter_node(
-            config,
-            node_id,
-            workload,
-            servers=self.server_ids(config),
-            workers=self.worker_ids(config),
-            model_rule=make_aggregator(options.model_rule, f=nodes.f_ps),
-            q_ps=nodes.n_ps - nodes.f_ps,
-            period=gather_period(config),
-            window=options.window,
-        )
+        model_rule = make_aggregator(options.model_rule, f=nodes.f_ps)
+        q_ps, period = nodes.n_ps - nodes.f_ps, gather_period(config)
+        return make_scatter_node(self, config, node_id, workload, model_rule, q_ps, period, options.window)
 
     def describe(self, config: ExperimentConfig) -> dict[str, Any]:
         nodes = config.nodes
@@ -211,20 +203,20 @@ class ByzSGD(Protocol):
 
 
 def make_scatter_node(
+    protocol: Protocol,
     config: ExperimentConfig,
     node_id: str,
     workload: Workload,
-    *,
-    servers: list[str],
-    workers: list[str],
     model_rule: Rule,
     q_ps: int,
     period: int,
     window: int,
 ) -> Node:
     """A ByzSGD worker or server (also the parameter server's, which has one server and never
-    gathers); the gradient rule is ``aggregator`` over the first n_w - f_w gradients."""
+    gathers): workers combine the first ``q_ps`` models with ``model_rule``; servers aggregate
+    the first n_w - f_w gradients with ``aggregator`` and gather every ``period`` steps."""
     nodes = config.nodes
+    servers, workers = protocol.server_ids(config), protocol.worker_ids(config)
     if node_id in workers:
         return ByzSGDWorker(
             node_id,

@@ -62,17 +62,8 @@ class ParameterServer(Protocol):
         check_optimizer(config)
 
     def make_node(self, config: ExperimentConfig, node_id: str, workload: Workload) -> Node:
-        return make_scatter_node(
-            config,
-            node_id,
-            workload,
-            servers=self.server_ids(config),
-            workers=self.worker_ids(config),
-            model_rule=first_model,
-            q_ps=1,
-            period=config.steps + 1,  # never gathers: there is no other server
-            window=config.options.window,
-        )
+        never = config.steps + 1  # the gather period: there is no other server to gather with
+        return make_scatter_node(self, config, node_id, workload, first_model, 1, never, config.options.window)
 
     def describe(self, config: ExperimentConfig) -> dict[str, Any]:
         return {"q_w": config.nodes.n_w - config.nodes.f_w}
