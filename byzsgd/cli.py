@@ -138,9 +138,7 @@ def add_overrides(parser: argparse.ArgumentParser) -> None:
 
 
 def add_output_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--quiet", action="store_true", help="no progress: print only the start, the end and errors"
-    )
+    parser.add_argument("--quiet", action="store_true", help="no progress: print only the start, the end and errors")
 
 
 def cli_overrides(args: argparse.Namespace) -> list[str]:
@@ -457,7 +455,11 @@ def list_items(kind: str) -> list[tuple[str, str, str]]:
         from byzsgd.aggregators import AGGREGATORS
 
         return [
-            (name, f"({signature_text(AGGREGATORS[name])}) {bound_text(AGGREGATORS[name])}", first_line(AGGREGATORS[name]))
+            (
+                name,
+                f"({signature_text(AGGREGATORS[name])}) {bound_text(AGGREGATORS[name])}",
+                first_line(AGGREGATORS[name]),
+            )
             for name in AGGREGATORS.names()
         ]
     if kind == "attacks":
@@ -497,10 +499,16 @@ def config_choices(kind: str) -> list[str]:
     registry_module, registry_name = {"datasets": ("byzsgd.data", "DATASETS"), "models": ("byzsgd.models", "MODELS")}[
         kind
     ]
-    registry = getattr(sys.modules.get(registry_module) or __import__(registry_module, fromlist=["_"]), registry_name, None)
+    registry = getattr(
+        sys.modules.get(registry_module) or __import__(registry_module, fromlist=["_"]), registry_name, None
+    )
     if registry is not None and hasattr(registry, "names"):
         return list(registry.names())
-    hint = typing.get_type_hints(DataConfig)["dataset"] if kind == "datasets" else typing.get_type_hints(ModelConfig)["name"]
+    hint = (
+        typing.get_type_hints(DataConfig)["dataset"]
+        if kind == "datasets"
+        else typing.get_type_hints(ModelConfig)["name"]
+    )
     return list(typing.get_args(hint))
 
 

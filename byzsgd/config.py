@@ -3,8 +3,10 @@
 A config file is layered over the embedded default (``byzsgd/configs/default.yaml``): each
 top-level key it sets replaces the default's value for that key, a section (``attack:``,
 ``nodes:``, ...) as a whole, the way a sweep's grid replaces its base's keys. An empty file is
-``byzsgd run``; fields neither file sets take the dataclass defaults below. Protocol-specific options live in a top-level section named after the protocol
-(e.g. ``byzsgd: {period: 10}``); each protocol registers the dataclass that parses it.
+``byzsgd run``; fields neither file sets take the dataclass defaults below.
+
+Protocol-specific options live in a top-level section named after the protocol (e.g.
+``byzsgd: {period: 10}``); each protocol registers the dataclass that parses it.
 """
 
 from __future__ import annotations
