@@ -202,8 +202,8 @@ def attack_text(config: ExperimentConfig) -> str:
         ("workers", config.attack, config.nodes.n_w, config.nodes.f_w),
     ):
         count = byzantine_count(attack, f)
-        what = describe_value({"name": attack.name, "params": attack.params}) if count else "none Byzantine"
-        parts.append(f"{role} {n} ({count} {what})" if count else f"{role} {n} ({what})")
+        what = describe_value({"name": attack.name, "params": attack.params})
+        parts.append(f"{role} {n} ({count} Byzantine: {what})" if count else f"{role} {n} (none Byzantine)")
     return ", ".join(parts)
 
 

@@ -121,7 +121,7 @@ def test_a_piped_run_prints_a_header_plain_lines_and_an_absolute_path(tmp_path, 
     out = capsys.readouterr().out.splitlines()
     run_dir = (tmp_path / "relative" / "run").resolve()
     assert out[0].endswith(f"-> {run_dir}")
-    assert "workers 4 (1 signflip(scale=3.0))" in out[0] and "servers 2 (none Byzantine)" in out[0]
+    assert "workers 4 (1 Byzantine: signflip(scale=3.0))" in out[0] and "servers 2 (none Byzantine)" in out[0]
     steps = [line for line in out if line.startswith("[test] step ")]
     assert [line.split()[2] for line in steps] == ["0/4", "2/4", "4/4"]
     assert not any("\r" in line or "\x1b" in line for line in out)
