@@ -33,6 +33,16 @@ SUMMARY_COLUMNS = [
 SUMMARY_ROWS = 6
 LIST_KINDS = ("aggregators", "attacks", "protocols", "datasets", "models")
 PLOT_FORMATS = ("png", "pdf", "svg")
+# What each protocol needs of the node counts (its validate() is the authority; tests check
+# the ByzSGD line against it). Every rule also needs the aggregator to accept its quorum.
+PROTOCOL_BOUNDS = {
+    "byzsgd": "n_ps >= 3f_ps+2, n_w >= 3f_w+1",
+    "byzsgd-sync": "n_ps >= 3f_ps+2, n_w >= 3f_w+1",
+    "ps": "n_ps=1, f_ps=0, f_w < n_w",
+    "draco": "n_ps=1, f_ps=0; repetition: n_w a multiple of 2f_w+1; cyclic: n_w >= 2f_w+1",
+    "detox": "n_ps=1, f_ps=0; n_w a multiple of the replication r",
+    "solon": "n_ps=1, f_ps=0; load r >= 2f_w + compression r_c",
+}
 # Until datasets and models have registries with docstrings, what `byzsgd list` says about them.
 CHOICE_NOTES = {
     "datasets": {
@@ -486,7 +496,8 @@ def list_items(kind: str) -> list[tuple[str, str, str]]:
                 else ""
             )
             module = sys.modules[type(spec).__module__]
-            items.append((name, f"{name}: {{{fields}}}", first_line(module) or first_line(spec)))
+            bound = f"; {PROTOCOL_BOUNDS[name]}" if name in PROTOCOL_BOUNDS else ""
+            items.append((name, f"{name}: {{{fields}}}{bound}", first_line(module) or first_line(spec)))
         return items
     notes = CHOICE_NOTES.get(kind, {})
     return [(name, "", notes.get(name, "")) for name in config_choices(kind)]

@@ -89,6 +89,17 @@ def test_list_shows_names_parameters_and_bounds(capsys):
     assert "byzsgd: {period=None" in everything and "mnist5k" in everything and "cnn" in everything
 
 
+def test_the_listed_byzsgd_bound_is_the_one_validation_enforces(capsys):
+    assert main(["list", "protocols"]) == 0
+    assert "n_ps >= 3f_ps+2, n_w >= 3f_w+1" in capsys.readouterr().out
+    for f in (1, 2):
+        nodes = {"n_ps": 3 * f + 2, "f_ps": f, "n_w": 3 * f + 1, "f_w": f}
+        make_config(nodes=nodes, aggregator={"name": "mean"})  # at the bound: accepted
+        for key in ("n_ps", "n_w"):
+            with pytest.raises(ConfigError, match="cannot tolerate"):
+                make_config(nodes={**nodes, key: nodes[key] - 1}, aggregator={"name": "mean"})
+
+
 def test_a_closed_pipe_ends_quietly():
     listing = subprocess.Popen([*BYZSGD, "list"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     listing.stdout.read(20)
