@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from byzsgd.config import ExperimentConfig
+from byzsgd.storage import resolve_output
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -31,7 +32,7 @@ PLAN_FILE = "sweep.yaml"  # in a sweep folder
 
 def new_run_dir(config: ExperimentConfig) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    return Path(config.output_dir) / f"{config.name}-{stamp}"
+    return resolve_output(config.output_dir) / f"{config.name}-{stamp}"
 
 
 def is_run_dir(path: Path) -> bool:

@@ -17,6 +17,7 @@ from byzsgd.config import ExperimentConfig
 from byzsgd.experiment import assemble
 from byzsgd.metrics import Monitor
 from byzsgd.results import CONFIG_FILE, SUMMARY_FILE, new_run_dir
+from byzsgd.storage import resolve_output
 from byzsgd.training import Workload
 
 __all__ = ["CONFIG_FILE", "SUMMARY_FILE", "RunResult", "new_run_dir", "run_experiment"]
@@ -34,7 +35,7 @@ def run_experiment(
     run_dir: str | Path | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunResult:
-    run_dir = Path(run_dir) if run_dir is not None else new_run_dir(config)
+    run_dir = resolve_output(run_dir) if run_dir is not None else new_run_dir(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     results.write_config(run_dir, config)
     experiment = assemble(config)  # the only place a run is planned: runtimes and actors get the plan

@@ -81,18 +81,30 @@ def _execute_in_pool(config: ExperimentConfig, run_dir: str, info: dict[str, Any
 
 
 class Progress:
-    """A tqdm bar for the sweep and one per run in flight (stderr; silent when quiet)."""
+    """A tqdm bar for the sweep and one per run in flight (stderr) on a terminal; off a terminal
+    (job logs, CI) plain lines on stdout: each run's start, evaluated steps and end. Quiet: only
+    failures."""
 
     def __init__(self, total: int, quiet: bool) -> None:
         from tqdm import tqdm
 
         self._tqdm = tqdm
         self.quiet = quiet
-        self.sweep = tqdm(total=total, desc="sweep", unit="run", disable=quiet, file=sys.stderr, position=0)
+        self.plain = not quiet and not sys.stdout.isatty()
+        self.total, self.done = total, 0
+        self.sweep = tqdm(
+            total=total, desc="sweep", unit="run", disable=quiet or self.plain, file=sys.stderr, position=0
+        )
         self.bars: dict[str, Any] = {}
         self.positions: dict[str, int] = {}
+        self.steps: dict[str, int] = {}
 
     def start(self, run: PlannedRun) -> None:
+        if self.plain:
+            if run.run_id not in self.steps:
+                self.steps[run.run_id] = run.config.steps
+                print(f"[{run.run_id}] started", flush=True)
+            return
         if run.run_id in self.bars:
             return
         position = min(set(range(1, len(self.positions) + 2)) - set(self.positions.values()))
@@ -108,6 +120,10 @@ class Progress:
         )
 
     def row(self, run_id: str, step: int, accuracy: float | None) -> None:
+        if self.plain:
+            acc = "-" if accuracy is None else f"{accuracy:.4f}"
+            print(f"[{run_id}] step {step}/{self.steps.get(run_id, '?')}  acc={acc}", flush=True)
+            return
         bar = self.bars.get(run_id)
         if bar is not None:
             if accuracy is not None:
@@ -120,6 +136,9 @@ class Progress:
         if bar is not None:
             bar.close()
         self.sweep.update(1)
+        self.done += 1
+        if self.plain:
+            print(f"[{run.run_id}] {status} ({self.done}/{self.total} runs done)", flush=True)
         if status != "finished":
             self._tqdm.write(f"run {run.run_id} failed: {error.splitlines()[-1] if error else status}", file=sys.stderr)
 

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from byzsgd.config import ExperimentConfig, apply_override, read_yaml_mapping, set_dotted
+from byzsgd.config import ExperimentConfig, apply_override, default_config_dict, read_yaml_mapping, set_dotted
 from byzsgd.experiment import config_from_dict
 from byzsgd.registry import ConfigError
+from byzsgd.storage import resolve_output
 
 SWEEP_SECTION = "sweep"
 # Where a run is written, what it is called and how it reaches Ray do not change its result,
@@ -50,8 +51,9 @@ class SweepPlan:
 def load_sweep(
     path: str | Path, overrides: list[str] | tuple[str, ...] = (), out_dir: str | Path | None = None
 ) -> SweepPlan:
-    """Read a sweep file, apply ``key=value`` overrides to its base, and expand it."""
-    return expand_sweep(read_yaml_mapping(path, "sweep file"), overrides, out_dir)
+    """Read a sweep file, layer its keys over the embedded default (as ``byzsgd run`` does with an
+    experiment file), apply ``key=value`` overrides to that base, and expand it."""
+    return expand_sweep({**default_config_dict(), **read_yaml_mapping(path, "sweep file")}, overrides, out_dir)
 
 
 def expand_sweep(
@@ -73,8 +75,7 @@ def expand_sweep(
     for key, value in (("name", name), ("output_dir", output_dir)):
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{key}: expected a non-empty string, got {value!r}")
-    if out_dir is None:
-        out_dir = Path(output_dir) / name
+    out_dir = resolve_output(out_dir if out_dir is not None else Path(output_dir) / name)
 
     swept = list(grid) + [k for v in variants for k in v if k != "label"]
     swept_keys = list(dict.fromkeys(swept))

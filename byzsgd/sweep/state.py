@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from byzsgd.results import PLAN_FILE, RESULTS_FILE, read_summary, run_status
-from byzsgd.sweep.plan import SweepPlan, describe_value, get_dotted
+from byzsgd.sweep.plan import SWEEP_SECTION, SweepPlan, describe_settings, describe_value, get_dotted
 
 RESULT_COLUMNS = ["test_acc", "test_loss", "diameter", "steps_per_s", "messages", "rejected"]
 
@@ -31,12 +31,17 @@ def plan_text(plan: SweepPlan, limit: int = 40) -> str:
         f"sweep {plan.name}: {len(plan.runs)} runs, {done} already finished, {len(plan.runs) - done} to run"
         f" -> {plan.out_dir}" + (f" ({plan.duplicates} duplicate combinations merged)" if plan.duplicates else "")
     ]
+    section = plan.source.get(SWEEP_SECTION) or {}
+    grid = section.get("grid") or {} if isinstance(section, dict) else {}
     for key in plan.swept_keys:
+        if key not in grid:
+            continue  # a variant's own key: listed with its variant below
         values = list(dict.fromkeys(describe_value(r.overrides[key]) for r in plan.runs if key in r.overrides))
         lines.append(f"  {key}: {', '.join(values)}")
-    labels = [r.label for r in plan.runs if r.label]
-    if labels:
-        lines.append(f"  variants: {', '.join(dict.fromkeys(labels))}")
+    variants = section.get("variants") or [] if isinstance(section, dict) else []
+    for number, variant in enumerate(v for v in variants if isinstance(v, dict)):
+        own = {k: v for k, v in variant.items() if k != "label"}
+        lines.append(f"  variant {variant.get('label') or number}: {describe_settings(own)}")
     for run, status in list(zip(plan.runs, statuses))[:limit]:
         lines.append(f"  {'x' if status == 'finished' else ' '} {run.run_id:<48} {status:<11} {run.config.runtime}")
     if len(plan.runs) > limit:
