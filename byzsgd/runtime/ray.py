@@ -1,8 +1,9 @@
 """The Ray runtime: protocol nodes hosted by actors that send each other messages directly.
 
 By default each node is its own actor (``ray.actors: null``); with ``ray.actors: k`` the nodes
-are dealt over k actors. An actor is a thin shell: it queues incoming messages, hands them one
-at a time to the node they are for, stamps the sender on what that node sends, and delivers it:
+are dealt over k actors, each built from the driver's plan (:class:`byzsgd.experiment.Experiment`).
+An actor is a mailbox and a batcher: it queues incoming messages, hands them one at a time to the
+node they are for, passes what that node sends through the bus (:mod:`byzsgd.bus`), and delivers it:
 in its own queue when the receiver lives here, otherwise batched, one ``deliver`` call per
 receiving actor once its queue has run dry (a Ray call costs ~2 ms of CPU, shipping a payload
 much less). A payload goes once per call, a small one inline, a large one as one ``ray.put``
