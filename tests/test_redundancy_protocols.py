@@ -160,8 +160,19 @@ def test_solon_messages_are_r_c_times_shorter_than_gradients():
     model = workload.initial_vector().numpy()
     (message,) = worker.on_message(Message("ps0", "w0", "model", 0, model))
     d = workload.dimension
-    assert message.payload.dtype == np.float64 and message.payload.size == 2 * -(-d // 8)
-    assert message.payload.nbytes < 0.6 * model.nbytes  # 8 d / 4 bytes against 4 d
+    assert message.payload.dtype == np.float32 and message.payload.size == 2 * -(-d // 8)
+    assert message.payload.nbytes == 4 * 2 * -(-d // 8) <= model.nbytes / 4 + 8  # 4 d / r_c bytes against 4 d
+
+
+def test_solon_float32_messages_decode_to_the_float64_sum_within_float32_rounding():
+    config = make_config(protocol="solon", solon={"compression": 2}, nodes=one_server(12, 2))
+    scheme = PROTOCOLS["solon"].make_scheme(config, Workload(config).dimension)
+    exact = honest_partition_gradients(config, scheme.num_partitions, Workload(config).initial_vector()).mean(axis=0)
+    subtle = lambda payload, rng: (payload * np.float32(1.001)).astype(np.float32)  # noqa: E731
+    for forge in (garbage, subtle):  # one forged message in each group of 6 (r = 2 s + r_c)
+        server = one_round(config, byzantine={1, 7}, forge=forge)
+        assert server.step == 1
+        assert np.linalg.norm(server.last_aggregate - exact) <= 1e-6 * np.linalg.norm(exact)
 
 
 @pytest.mark.parametrize(
