@@ -181,3 +181,13 @@ def test_sync_sends_fewer_messages_per_step_than_async_and_survives_a_silent_ser
     assert sync_rows[-1]["messages"] < 0.9 * async_rows[-1]["messages"]  # 357 against 420, measured
     silent = run(steps=12, eval_every=12, server_attack={"name": "silent", "ids": [1]})
     assert silent[-1]["step"] == 12  # ps1 never answers: workers time out and ask the next server
+
+
+@pytest.mark.slow
+def test_sync_on_ray_times_out_a_silent_server_and_trains(ray_cluster, tmp_path):
+    config = sync_config(
+        runtime="ray", steps=20, eval_every=10, ray={"actors": 3}, server_attack={"name": "silent", "ids": [1]}
+    )
+    result = run_experiment(config, tmp_path / "run")
+    assert result.summary["status"] == "finished" and result.rows[-1]["step"] == 20
+    assert result.rows[-1]["test_acc"] > 0.5

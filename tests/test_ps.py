@@ -143,3 +143,11 @@ def test_ps_with_ctma_trains_with_8_of_17_byzantine_when_waiting_for_all(in_tmp)
     assert naive[-1]["test_acc"] < 0.5
     silent = run_experiment(ps_config(**{**sync, "attack": {"name": "silent"}, "aggregator": {"name": "median"}}))
     assert silent.rows[-1]["step"] == 40 and silent.rows[-1]["test_acc"] > 0.8  # 8 silent workers time out
+
+
+@pytest.mark.slow
+def test_ps_waiting_for_all_on_ray_times_out_silent_workers(ray_cluster, tmp_path):
+    sync = {"nodes": SYNC_17, "ps": {"wait": "all"}, "runtime": "ray", "ray": {"actors": 3}, "steps": 20}
+    config = ps_config(**sync, eval_every=10, aggregator={"name": "median"}, attack={"name": "silent", "count": 3})
+    result = run_experiment(config, tmp_path / "run")
+    assert result.summary["status"] == "finished" and result.rows[-1]["step"] == 20
