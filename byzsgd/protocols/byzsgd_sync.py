@@ -232,8 +232,8 @@ class ByzSGDSyncWorker(ByzSGDWorker):
                 return None
             median = self.model_rule(stack_payloads(list(models.values())[: self.q_ps], device))
             return self.at(median, self.batch, "median")
-        # A model that arrived before its server was asked (it answered an earlier pull late)
-        # is filtered once the rotation reaches that server.
+        # Filter the asked servers' models in rotation order; one already here when its server's
+        # turn comes (sent unasked) is filtered then, and rejections ask the next server at once.
         while (server := next((s for s in self.asked if s in models and s not in self.tried), None)) is not None:
             self.tried.add(server)
             point, gradient, _ = self.at(torch.from_numpy(np.array(models[server])).to(device), self.batch, server)
