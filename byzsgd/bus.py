@@ -18,7 +18,7 @@ import numpy as np
 
 from byzsgd.config import NetworkConfig
 from byzsgd.faults import FaultInjector
-from byzsgd.messages import Message
+from byzsgd.messages import Message, is_timer, timer_delay
 
 Planned = list[tuple[Message, float]]  # messages with their extra delay, in network time units
 
@@ -40,6 +40,13 @@ class Bus:
         self.reorder, self.reorder_delay = network.reorder, network.reorder_delay
         self.reorder_rng = reorder_rng
         self.sent: Counter[str] = Counter()
+
+    @staticmethod
+    def timers(sender: str, messages: list[Message]) -> tuple[Planned, list[Message]]:
+        """A node's self-addressed timers, each with its delay (they go back to the sender only,
+        never corrupted or counted), and the messages for the network."""
+        timers = [(m, timer_delay(m)) for m in messages if is_timer(m) and m.sender == sender]
+        return timers, [m for m in messages if not is_timer(m)]
 
     def send(self, sender: str, messages: list[Message]) -> Planned:
         """What ``sender``'s outgoing messages become on the wire, each with its hold."""

@@ -211,10 +211,13 @@ def make_scatter_node(
     q_ps: int,
     period: int,
     window: int,
+    server: type[ByzSGDServer] | None = None,
+    **server_options: Any,
 ) -> Node:
     """A ByzSGD worker or server (also the parameter server's, which has one server and never
-    gathers): workers combine the first ``q_ps`` models with ``model_rule``; servers aggregate
-    the first n_w - f_w gradients with ``aggregator`` and gather every ``period`` steps."""
+    gathers): workers combine the first ``q_ps`` models with ``model_rule``; servers (``server``,
+    default :class:`ByzSGDServer`, with ``server_options``) aggregate the first n_w - f_w
+    gradients with ``aggregator`` and gather every ``period`` steps."""
     nodes = config.nodes
     servers, workers = protocol.server_ids(config), protocol.worker_ids(config)
     if node_id in workers:
@@ -227,7 +230,7 @@ def make_scatter_node(
             window=window,
             estimator=make_estimator(config.optimizer),
         )
-    return ByzSGDServer(
+    return (server or ByzSGDServer)(
         node_id,
         workload.initial_vector(),
         servers=servers,
@@ -241,6 +244,7 @@ def make_scatter_node(
         steps=config.steps,
         report_every=config.eval_every,
         window=window,
+        **server_options,
     )
 
 

@@ -50,6 +50,10 @@ class Network:
         return self.bus.sent
 
     def send(self, sender: str, messages: list[Message]) -> None:
+        timers, messages = self.bus.timers(sender, messages)
+        for message, delay in timers:
+            self.sequence += 1
+            heapq.heappush(self.queue, (self.now + delay, self.sequence, message))
         if not messages:
             return
         if self.injector.observes(sender):

@@ -150,6 +150,9 @@ class NodeActor:
                 self.snapshots[node.node_id, step] = vector
 
     def _route(self, sender: str, outgoing: list[Message]) -> None:
+        timers, outgoing = self.bus.timers(sender, outgoing)
+        for message, delay in timers:
+            asyncio.get_running_loop().call_later(delay * self.time_unit_s, self._send_late, self.index, message)
         if not outgoing:
             return
         if sender in self.tapped:
