@@ -201,8 +201,10 @@ def _synthetic(
     ``shape: [3, 32, 32]`` gives CIFAR-sized inputs for throughput runs of image models."""
     shape = tuple(int(s) for s in shape)
     if samples < 2 or classes < 2 or not shape or min(shape) < 1:
-        raise ConfigError(f"data.params: synthetic needs samples >= 2, classes >= 2 and a positive shape, got "
-                          f"samples={samples}, classes={classes}, shape={list(shape)}")
+        raise ConfigError(
+            f"data.params: synthetic needs samples >= 2, classes >= 2 and a positive shape, got "
+            f"samples={samples}, classes={classes}, shape={list(shape)}"
+        )
     features = math.prod(shape)
     rng = np.random.default_rng(10_000 + seed)
     centers = rng.normal(0.0, 1.0, size=(classes, features))
@@ -227,8 +229,9 @@ CIFAR10_RECORD = 1 + 3 * 32 * 32  # one label byte, then 1024 red, 1024 green, 1
 
 def data_root(root: str | None, name: str) -> Path:
     if root is None:
-        raise ConfigError(f"data.root: dataset {name!r} is read from local files: set data.root to their folder "
-                          f"({_where(name)})")
+        raise ConfigError(
+            f"data.root: dataset {name!r} is read from local files: set data.root to their folder ({_where(name)})"
+        )
     path = Path(root).expanduser()
     if not path.is_dir():
         raise ConfigError(f"data.root: {str(path)!r} is not a folder ({_where(name)})")
@@ -237,10 +240,15 @@ def data_root(root: str | None, name: str) -> Path:
 
 def _where(name: str) -> str:
     if name == "mnist":
-        return ("put the four files " + ", ".join(MNIST_FILES.values())
-                + " (or their .gz) from http://yann.lecun.com/exdb/mnist/ in it")
-    return (f"put the folder {CIFAR10_FOLDER} of the binary version, "
-            "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz, in it")
+        return (
+            "put the four files "
+            + ", ".join(MNIST_FILES.values())
+            + " (or their .gz) from http://yann.lecun.com/exdb/mnist/ in it"
+        )
+    return (
+        f"put the folder {CIFAR10_FOLDER} of the binary version, "
+        "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz, in it"
+    )
 
 
 def read_idx(path: Path) -> np.ndarray:

@@ -38,9 +38,7 @@ def import_module(name: str, field: str) -> Any:
         return importlib.import_module(name)
     except ModuleNotFoundError as error:
         if error.name is not None and name.startswith(error.name):  # the module itself, not one it imports
-            raise ConfigError(
-                f"{field}: no module named {name!r} (is its folder on PYTHONPATH?)"
-            ) from None
+            raise ConfigError(f"{field}: no module named {name!r} (is its folder on PYTHONPATH?)") from None
         raise ConfigError(f"{field}: importing {name!r} failed: {error}") from None
     except ConfigError:
         raise
@@ -141,8 +139,14 @@ def register_aggregator(name: str, *, bound: tuple[int, int] = (0, 1)) -> Callab
         cls = type(
             f"FunctionAggregator_{fn.__name__}",
             (Aggregator,),
-            {"__init__": __init__, "_aggregate": _aggregate, "bound": tuple(bound), "name": name,
-             "__doc__": fn.__doc__, "__module__": fn.__module__},
+            {
+                "__init__": __init__,
+                "_aggregate": _aggregate,
+                "bound": tuple(bound),
+                "name": name,
+                "__doc__": fn.__doc__,
+                "__module__": fn.__module__,
+            },
         )
         AGGREGATORS.register(name, replace=True)(cls)
         return fn
@@ -150,9 +154,7 @@ def register_aggregator(name: str, *, bound: tuple[int, int] = (0, 1)) -> Callab
     return add
 
 
-def register_attack(
-    name: str, *, omniscient: bool = False, per_receiver: bool = False
-) -> Callable[[Any], Any]:
+def register_attack(name: str, *, omniscient: bool = False, per_receiver: bool = False) -> Callable[[Any], Any]:
     """Register an attack under ``name`` (``attack.name`` / ``server_attack.name`` in YAML).
 
     On a function ``fn(honest, context, **params) -> vector | None``: ``honest`` is the float32
@@ -194,8 +196,14 @@ def register_attack(
         cls = type(
             f"FunctionAttack_{fn.__name__}",
             (Attack,),
-            {"__init__": __init__, "__call__": __call__, "omniscient": omniscient, "per_receiver": per_receiver,
-             "__doc__": fn.__doc__, "__module__": fn.__module__},
+            {
+                "__init__": __init__,
+                "__call__": __call__,
+                "omniscient": omniscient,
+                "per_receiver": per_receiver,
+                "__doc__": fn.__doc__,
+                "__module__": fn.__module__,
+            },
         )
         ATTACKS.register(name, replace=True)(cls)
         return fn

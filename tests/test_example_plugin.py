@@ -29,8 +29,24 @@ def test_the_worked_example_runs_on_ray_from_the_command_line(tmp_path):
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join([str(EXAMPLE), str(EXAMPLE.parents[1])])
     command = [
-        sys.executable, "-m", "byzsgd.cli", "run", str(CONFIG), "--runtime", "ray", "--quiet", "--out", str(tmp_path / "run"),
-        "--set", "steps=20", "--set", "ray.num_cpus=2", "--set", "ray.actors=2", "--set", "ray.object_store_memory=100000000",
+        sys.executable,
+        "-m",
+        "byzsgd.cli",
+        "run",
+        str(CONFIG),
+        "--runtime",
+        "ray",
+        "--quiet",
+        "--out",
+        str(tmp_path / "run"),
+        "--set",
+        "steps=20",
+        "--set",
+        "ray.num_cpus=2",
+        "--set",
+        "ray.actors=2",
+        "--set",
+        "ray.object_store_memory=100000000",
     ]
     done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

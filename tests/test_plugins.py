@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 import byzsgd
@@ -153,7 +152,9 @@ def test_a_registered_function_attack_is_built_with_its_params_and_checked():
 
 
 def test_a_missing_plugin_module_or_attribute_is_a_one_line_error_naming_the_field(plugin_dir):
-    with pytest.raises(ConfigError, match=r"plugins\[1\]: no module named 'no_such_plugin' \(is its folder on PYTHONPATH"):
+    with pytest.raises(
+        ConfigError, match=r"plugins\[1\]: no module named 'no_such_plugin' \(is its folder on PYTHONPATH"
+    ):
         make_config(plugins=["byz_tmp_plugin", "no_such_plugin"])
     with pytest.raises(ConfigError, match=r"plugins: expected a list of module names"):
         load_plugins("byz_tmp_plugin")
@@ -161,7 +162,9 @@ def test_a_missing_plugin_module_or_attribute_is_a_one_line_error_naming_the_fie
         make_config(model={"name": "nowhere:net"})
     with pytest.raises(ConfigError, match=r"model.name: module 'byz_tmp_plugin' has no attribute 'no_net'"):
         make_config(model={"name": "byz_tmp_plugin:no_net"})
-    with pytest.raises(ConfigError, match=r"model.params: model factory 'make_net'.*unexpected keyword argument 'depth'"):
+    with pytest.raises(
+        ConfigError, match=r"model.params: model factory 'make_net'.*unexpected keyword argument 'depth'"
+    ):
         make_config(model={"name": "byz_tmp_plugin:make_net", "params": {"depth": 3}})
     with pytest.raises(ConfigError, match=r"data.dataset: module 'byz_tmp_plugin' has no attribute 'nope'"):
         make_config(data={"dataset": "byz_tmp_plugin:nope"})
@@ -169,13 +172,17 @@ def test_a_missing_plugin_module_or_attribute_is_a_one_line_error_naming_the_fie
         make_config(data={"dataset": "byz_tmp_plugin:blobs", "params": {"size": 3}})
     with pytest.raises(ConfigError, match=r"unknown aggregator 'tmp-nothing'"):
         make_config(plugins=["byz_tmp_plugin"], aggregator={"name": "tmp-nothing"})
-    with pytest.raises(ConfigError, match=r"model.name: unknown model 'vgg'; known: logreg, mlp, cnn, cifarnet, resnet18"):
+    with pytest.raises(
+        ConfigError, match=r"model.name: unknown model 'vgg'; known: logreg, mlp, cnn, cifarnet, resnet18"
+    ):
         make_config(model={"name": "vgg"})
 
 
 def test_a_model_with_the_wrong_output_or_a_dataset_with_bad_labels_is_refused(plugin_dir):
     config = make_config(model={"name": "byz_tmp_plugin:wrong_classes"})
-    with pytest.raises(ConfigError, match=r"model.name: byz_tmp_plugin:wrong_classes outputs \(2, 11\).*expected \(2, 10\)"):
+    with pytest.raises(
+        ConfigError, match=r"model.name: byz_tmp_plugin:wrong_classes outputs \(2, 11\).*expected \(2, 10\)"
+    ):
         Workload(config)
     config = make_config(data={"dataset": "byz_tmp_plugin:bad_labels"}, model={"name": "logreg"})
     with pytest.raises(ConfigError, match=r"y_train must be 10 integer labels.*dtype float32"):
@@ -217,17 +224,28 @@ def test_a_plugin_on_pythonpath_runs_on_ray_from_yaml_through_the_python_api(tmp
     folder = tmp_path / "userpkg"
     folder.mkdir()
     (folder / "byz_tmp_plugin.py").write_text(PLUGIN)
-    config = plugin_config(runtime="ray", steps=10, eval_every=5, nodes={"n_ps": 2, "f_ps": 0, "n_w": 4, "f_w": 1},
-                           ray={"num_cpus": 2, "object_store_memory": 100 * 1024 * 1024, "actors": 2})
+    config = plugin_config(
+        runtime="ray",
+        steps=10,
+        eval_every=5,
+        nodes={"n_ps": 2, "f_ps": 0, "n_w": 4, "f_w": 1},
+        ray={"num_cpus": 2, "object_store_memory": 100 * 1024 * 1024, "actors": 2},
+    )
     (tmp_path / "plugin.yaml").write_text(yaml.safe_dump(config))
     script = textwrap.dedent(f"""
         import json, byzsgd
-        out = byzsgd.run({str(tmp_path / 'plugin.yaml')!r}, run_dir={str(tmp_path / 'run')!r})
+        out = byzsgd.run({str(tmp_path / "plugin.yaml")!r}, run_dir={str(tmp_path / "run")!r})
         print("RESULT", json.dumps({{"status": out.summary["status"], "actors": out.summary.get("actors"),
                                      "acc": out.rows[-1]["test_acc"], "byz": out.rows[-1]["byzantine_messages"]}}))
     """)
-    done = subprocess.run([sys.executable, "-c", script], env=subprocess_env(folder), cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env=subprocess_env(folder),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.split("RESULT", 1)[1])
     assert result["status"] == "finished" and result["actors"] == 2  # servers and workers: both actors imported it

@@ -27,6 +27,7 @@ def write_idx(path, array, compress):
 
 
 def tiny_mnist(root, compress):
+    """Twelve training and five test images in the official IDX files."""
     rng = np.random.default_rng(1)
     images = {"train": rng.integers(0, 256, (12, 28, 28)), "t10k": rng.integers(0, 256, (5, 28, 28))}
     labels = {"train": np.arange(12) % 10, "t10k": np.array([9, 0, 1, 2, 3])}
@@ -73,11 +74,15 @@ def test_cifar10_reads_the_official_binary_batches_as_plain_bytes(tmp_path):
 
 
 def test_missing_data_files_say_where_to_put_them(tmp_path):
-    with pytest.raises(ConfigError, match=r"data.root: dataset 'cifar10' is read from local files.*cifar-10-batches-bin"):
+    with pytest.raises(
+        ConfigError, match=r"data.root: dataset 'cifar10' is read from local files.*cifar-10-batches-bin"
+    ):
         load_dataset("cifar10")
     with pytest.raises(ConfigError, match=r"data.root: data_batch_1.bin is missing in .*cifar-10-binary.tar.gz"):
         load_dataset("cifar10", root=str(tmp_path))
-    with pytest.raises(ConfigError, match=r"data.root: train-images-idx3-ubyte\[.gz\] is missing.*t10k-labels-idx1-ubyte"):
+    with pytest.raises(
+        ConfigError, match=r"data.root: train-images-idx3-ubyte\[.gz\] is missing.*t10k-labels-idx1-ubyte"
+    ):
         load_dataset("mnist", root=str(tmp_path))
     with pytest.raises(ConfigError, match=r"data.root: '/no/such/folder' is not a folder"):
         load_dataset("mnist", root="/no/such/folder")
@@ -88,7 +93,9 @@ def test_missing_data_files_say_where_to_put_them(tmp_path):
 def test_a_run_trains_on_tiny_cifar10_files_with_cifarnet_and_augmentation(tmp_path):
     tiny_cifar10(tmp_path)
     config = make_config(
-        steps=2, eval_every=1, nodes={"n_ps": 2, "f_ps": 0, "n_w": 4, "f_w": 1},
+        steps=2,
+        eval_every=1,
+        nodes={"n_ps": 2, "f_ps": 0, "n_w": 4, "f_w": 1},
         data={"dataset": "cifar10", "root": str(tmp_path), "batch_size": 2, "augment": True},
         model={"name": "cifarnet"},
     )
@@ -147,5 +154,7 @@ def test_crop_and_flip_keeps_content_shifted_or_mirrored():
     shifted = crop_and_flip(images, torch.Generator().manual_seed(1), padding=2)
     assert shifted.shape == images.shape and not torch.equal(shifted, images)
     flat = make_config(data={"params": {"shape": [64]}, "augment": True}, model={"name": "logreg"})
-    with pytest.raises(ConfigError, match=r"data.augment: crops and flips images; synthetic has inputs of shape \(64,\)"):
+    with pytest.raises(
+        ConfigError, match=r"data.augment: crops and flips images; synthetic has inputs of shape \(64,\)"
+    ):
         Workload(flat)
