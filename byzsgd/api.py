@@ -6,9 +6,9 @@
 
 The config is a dict (only what differs from the embedded default), a YAML path, or an
 ExperimentConfig; ``overrides`` are dotted keys (``{"nodes.n_w": 10}`` or ``["nodes.n_w=10"]``,
-as ``--set`` on the command line) and keyword arguments set top-level keys (a dict merges into
-its section: ``model={"name": "cnn"}`` keeps the other model keys). The result folder is written
-as by ``byzsgd run``.
+as ``--set`` on the command line) and keyword arguments set top-level keys (a dict replaces the
+whole section, as in a sweep: ``attack={"name": "alie"}`` drops the old attack's params). The
+result folder is written as by ``byzsgd run``.
 """
 
 from __future__ import annotations
@@ -65,11 +65,12 @@ def make_config(
         data = copy.deepcopy(dict(config))
     else:
         raise ConfigError(f"config: expected a dict, a YAML path or an ExperimentConfig, got {type(config).__name__}")
+    if "sweep" in data:
+        raise ConfigError(
+            "sweep: this file describes a sweep; run it with `byzsgd sweep` (byzsgd.run runs one experiment)"
+        )
     for key, value in settings.items():
-        if isinstance(value, Mapping) and isinstance(data.get(key), dict):
-            data[key] = {**data[key], **copy.deepcopy(dict(value))}
-        else:
-            data[key] = copy.deepcopy(value)
+        data[key] = copy.deepcopy(dict(value) if isinstance(value, Mapping) else value)
     if isinstance(overrides, Mapping):
         for key, value in overrides.items():
             set_dotted(data, key, copy.deepcopy(value))

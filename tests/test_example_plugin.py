@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import byzsgd
+from tests.test_plugins import isolated_registries  # noqa: F401  (autouse fixture)
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "experiments" / "custom"
 CONFIG = EXAMPLE / "custom.yaml"

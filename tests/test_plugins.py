@@ -67,6 +67,21 @@ def bad_labels():
 '''
 
 
+@pytest.fixture(autouse=True)
+def isolated_registries():
+    """What a test registers (directly or by importing a plugin) is gone after it, so the
+    registries' coverage tests elsewhere see only the library's own names."""
+    saved = {registry: dict(registry._items) for registry in (AGGREGATORS, ATTACKS)}
+    modules = set(sys.modules)
+    yield
+    for registry, items in saved.items():
+        registry._items.clear()
+        registry._items.update(items)
+    for name in set(sys.modules) - modules:
+        if name in ("byz_tmp_plugin", "my_plugin"):
+            del sys.modules[name]
+
+
 def plugin_config(**changes):
     data = {
         "name": "plugin",
