@@ -1,8 +1,12 @@
 """Typed experiment configuration: YAML in, validated dataclasses out, clear errors.
 
-Every field has a default, so a config file only states what differs from the embedded
-default. Protocol-specific options live in a top-level section named after the protocol
-(e.g. ``byzsgd: {period: 10}``); each protocol registers the dataclass that parses it.
+A config file is layered over the embedded default (``byzsgd/configs/default.yaml``): each
+top-level key it sets replaces the default's value for that key, a section (``attack:``,
+``nodes:``, ...) as a whole, the way a sweep's grid replaces its base's keys. An empty file is
+``byzsgd run``; fields neither file sets take the dataclass defaults below.
+
+Protocol-specific options live in a top-level section named after the protocol (e.g.
+``byzsgd: {period: 10}``); each protocol registers the dataclass that parses it.
 """
 
 from __future__ import annotations
@@ -156,11 +160,21 @@ def default_config_dict() -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    """Load a YAML file (or the embedded default), apply ``key=value`` overrides, validate."""
-    data = default_config_dict() if path is None else read_yaml_mapping(path, "config file")
+    """The embedded default, the YAML file's keys over it, then ``key=value`` overrides; validated."""
+    data = default_config_dict()
+    if path is not None:
+        data.update(read_config_file(path))
     for override in overrides:
         apply_override(data, override)
     return config_from_dict(data)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """An experiment file; a sweep file is refused with the command that runs it."""
+    data = read_yaml_mapping(path, "config file")
+    if "sweep" in data:
+        raise ConfigError(f"{path} is a sweep file (it has a sweep: section); run it with: byzsgd sweep {path}")
+    return data
 
 
 def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:

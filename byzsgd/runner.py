@@ -22,6 +22,7 @@ from byzsgd.config import ExperimentConfig
 from byzsgd.faults import FaultInjector
 from byzsgd.metrics import METRICS_FILE, JsonlWriter, Monitor
 from byzsgd.protocols import PROTOCOLS
+from byzsgd.storage import resolve_output
 from byzsgd.training import Workload
 
 SUMMARY_FILE = "summary.json"
@@ -37,7 +38,7 @@ class RunResult:
 
 def new_run_dir(config: ExperimentConfig) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    return Path(config.output_dir) / f"{config.name}-{stamp}"
+    return resolve_output(config.output_dir) / f"{config.name}-{stamp}"
 
 
 def run_experiment(
@@ -45,7 +46,7 @@ def run_experiment(
     run_dir: str | Path | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunResult:
-    run_dir = Path(run_dir) if run_dir is not None else new_run_dir(config)
+    run_dir = resolve_output(run_dir) if run_dir is not None else new_run_dir(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     torch.manual_seed(config.seed)
