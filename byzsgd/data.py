@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from byzsgd.plugins import check_call, is_import_path, resolve_callable
-from byzsgd.registry import ConfigError
+from byzsgd.registry import ConfigError, Registry
 
 BUILTIN_DATASETS = ("digits", "mnist5k", "synthetic", "mnist", "cifar10")
 OFFICIAL_SPLIT = ("mnist", "cifar10")  # datasets with their own test set: data.test_fraction does not apply
@@ -90,6 +90,9 @@ def _load_cached(name: str, test_fraction: float, seed: int, root: str | None, p
     test_count = int(round(len(labels) * test_fraction))
     test, train = order[:test_count], order[test_count:]
     return Dataset(images[train], labels[train], images[test], labels[test], int(labels.max()) + 1)
+
+
+DATASETS: Registry[Any] = Registry("dataset")  # the built-ins' readers, for listing (load_dataset calls them)
 
 
 def _NO_PARAMS() -> None:  # noqa: N802 - a signature for check_call: the dataset takes no data.params
@@ -358,3 +361,10 @@ class BatchSampler:
         batch = self.order[self.position : self.position + self.batch_size]
         self.position += self.batch_size
         return batch
+
+
+DATASETS.register("digits")(_digits)
+DATASETS.register("mnist5k")(_mnist5k)
+DATASETS.register("synthetic")(_synthetic)
+DATASETS.register("mnist")(read_mnist)
+DATASETS.register("cifar10")(read_cifar10)

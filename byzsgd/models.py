@@ -21,19 +21,24 @@ import torch
 from torch import nn
 
 from byzsgd.plugins import check_call, is_import_path, resolve_callable
-from byzsgd.registry import ConfigError
+from byzsgd.registry import ConfigError, Registry
+
+BUILTIN_MODELS = ("logreg", "mlp", "cnn", "cifarnet", "resnet18")  # in the order the docs list them
 
 
 def logreg(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """Logistic regression: one linear layer on the flattened input."""
     return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), num_classes))
 
 
 def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: int = 64) -> nn.Module:
+    """One hidden layer of model.hidden ReLU units."""
     features = math.prod(input_shape)
     return nn.Sequential(nn.Flatten(), nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
 
 
 def cnn(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """Two 3x3 convolutions (16 and 32 channels), max-pool, 2x2 average pool, one linear layer."""
     channels = input_shape[0]
     return nn.Sequential(
         nn.Conv2d(channels, 16, 3, padding=1),
@@ -48,9 +53,10 @@ def cnn(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
 
 
 def cifarnet(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """TF-slim's CifarNet (the ByzSGD experiments' CIFAR-10 model): conv 5x5x64, max-pool 2x2,
-    LRN, conv 5x5x64, LRN, max-pool 2x2, fc 384, fc 192, fc num_classes (1.76M parameters on
-    32x32x3). Ours: no dropout before fc 192 (slim's keep_prob=0.5), because the workload
+    """TF-slim's CifarNet, the ByzSGD experiments' CIFAR-10 model (1.76M parameters on 32x32x3).
+
+    conv 5x5x64, max-pool 2x2, LRN, conv 5x5x64, LRN, max-pool 2x2, fc 384, fc 192, fc
+    num_classes. Ours: no dropout before fc 192 (slim's keep_prob=0.5), because the workload
     evaluates the model in training mode. TF's LRN (depth_radius 4, alpha 0.001/9) is torch's
     LocalResponseNorm(9, alpha=0.001)."""
     channels, height, width = _image_shape(input_shape, "cifarnet")
@@ -111,6 +117,7 @@ class ResNet18(nn.Module):
 
 
 def resnet18(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """ResNet-18, CIFAR variant (3x3 stem, no max-pool): 11.17M parameters for 10 classes."""
     channels, _, _ = _image_shape(input_shape, "resnet18")
     return ResNet18(channels, num_classes)
 
@@ -121,13 +128,9 @@ def _image_shape(input_shape: tuple[int, ...], name: str) -> tuple[int, int, int
     return input_shape  # type: ignore[return-value]
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "logreg": logreg,
-    "mlp": mlp,
-    "cnn": cnn,
-    "cifarnet": cifarnet,
-    "resnet18": resnet18,
-}
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+for _factory in (logreg, mlp, cnn, cifarnet, resnet18):
+    MODELS.register(_factory.__name__)(_factory)
 
 
 def model_factory(name: str) -> Callable[..., nn.Module]:
@@ -136,7 +139,7 @@ def model_factory(name: str) -> Callable[..., nn.Module]:
         return resolve_callable(name, "model.name")
     if name not in MODELS:
         raise ConfigError(
-            f"model.name: unknown model {name!r}; known: {', '.join(MODELS)}, or pkg.module:factory for your own"
+            f"model.name: unknown model {name!r}; known: {', '.join(BUILTIN_MODELS)}, or pkg.module:factory (your own)"
         )
     return MODELS[name]
 
