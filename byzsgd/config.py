@@ -47,6 +47,10 @@ class DataConfig:
     partition: Literal["iid", "dirichlet"] = "iid"
     alpha: float = 0.5  # Dirichlet concentration: smaller is more heterogeneous
     batch_size: int = 32
+    # What batch_size counts: the samples of each mini-batch a worker draws ("per_worker"), or the
+    # samples a whole step draws, split over its distinct mini-batches ("per_step": systems with
+    # different redundancy then train on the same global batch). See byzsgd.data.batch_size_of.
+    batch_accounting: Literal["per_worker", "per_step"] = "per_worker"
     test_fraction: float = 0.2
     eval_samples: int = 512  # training samples used to report the training loss
 
@@ -321,6 +325,11 @@ def validate(config: ExperimentConfig) -> None:
         raise ConfigError(f"optimizer.lr={config.optimizer.lr}: must be positive")
     if not 0 < config.data.test_fraction < 1:
         raise ConfigError(f"data.test_fraction={config.data.test_fraction}: must be in (0, 1)")
+    if config.data.batch_accounting == "per_step" and config.data.batch_size < config.nodes.n_w:
+        raise ConfigError(
+            f"data.batch_size={config.data.batch_size} with data.batch_accounting=per_step: "
+            f"must be at least nodes.n_w={config.nodes.n_w} (one sample per worker's mini-batch)"
+        )
     if config.data.alpha <= 0:
         raise ConfigError(f"data.alpha={config.data.alpha}: must be positive")
     if config.network.delay < 0 or not 0 <= config.network.jitter <= 1:
