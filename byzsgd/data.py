@@ -60,12 +60,17 @@ def load_dataset(
 ) -> Dataset:
     """Load ``name``: the official split for mnist, cifar10 and user datasets, else a seeded
     split of ``test_fraction`` of the samples into the test set."""
-    return _load_cached(name, test_fraction, seed, root, json.dumps(params or {}, sort_keys=True))
+    try:
+        key = json.dumps(params or {}, sort_keys=True)
+    except TypeError:  # parameters from Python that JSON cannot hold (arrays, objects): no caching
+        return _load_cached.__wrapped__(name, test_fraction, seed, root, params or {})
+    return _load_cached(name, test_fraction, seed, root, key)
 
 
 @functools.lru_cache(maxsize=4)
-def _load_cached(name: str, test_fraction: float, seed: int, root: str | None, params_json: str) -> Dataset:
-    params = json.loads(params_json)
+def _load_cached(name: str, test_fraction: float, seed: int, root: str | None, params: str | dict[str, Any]) -> Dataset:
+    """Cached per process on the JSON text of ``params`` (each Ray actor loads a dataset once)."""
+    params = json.loads(params) if isinstance(params, str) else params
     if is_import_path(name):
         return _user_dataset(name, params)
     if name in OFFICIAL_SPLIT:
