@@ -8,8 +8,9 @@
 - :func:`register_aggregator` and :func:`register_attack` turn a plain function (or a class) into
   a rule or an attack selectable by name from YAML; ``byzsgd`` re-exports both.
 
-Ray workers find a plugin through the driver's ``sys.path`` and ``PYTHONPATH`` (a local Ray
-inherits both); sweep processes are spawned with the driver's ``sys.path``.
+Ray workers find a plugin through ``PYTHONPATH`` (a local Ray inherits the driver's environment;
+on a cluster, ship the module with the job's working directory); sweep processes are spawned
+with the driver's ``sys.path``.
 """
 
 from __future__ import annotations
