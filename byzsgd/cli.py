@@ -500,7 +500,14 @@ def list_items(kind: str) -> list[tuple[str, str, str]]:
             items.append((name, f"{name}: {{{fields}}}{bound}", first_line(module) or first_line(spec)))
         return items
     notes = CHOICE_NOTES.get(kind, {})
-    return [(name, "", notes.get(name, "")) for name in config_choices(kind)]
+    return [(name, "", notes.get(name) or choice_doc(kind, name)) for name in config_choices(kind)]
+
+
+def choice_doc(kind: str, name: str) -> str:
+    """The first line of a built-in dataset reader's or model factory's docstring."""
+    module = __import__({"datasets": "byzsgd.data", "models": "byzsgd.models"}[kind], fromlist=["_"])
+    registry = getattr(module, kind.upper(), None)
+    return first_line(registry[name]) if registry is not None and name in registry else ""
 
 
 def config_choices(kind: str) -> list[str]:

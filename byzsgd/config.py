@@ -39,7 +39,11 @@ class NodesConfig:
 
 @dataclass
 class DataConfig:
-    dataset: Literal["digits", "mnist5k", "synthetic"] = "digits"
+    # digits, mnist5k, synthetic, mnist, cifar10, or "pkg.module:function" (see byzsgd.data)
+    dataset: str = "digits"
+    root: str | None = None  # folder of the local files of mnist and cifar10
+    params: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the dataset
+    augment: bool = False  # random crop (padding 4) and horizontal flip of each training batch
     partition: Literal["iid", "dirichlet"] = "iid"
     alpha: float = 0.5  # Dirichlet concentration: smaller is more heterogeneous
     batch_size: int = 32
@@ -53,8 +57,10 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: Literal["logreg", "mlp", "cnn"] = "mlp"
-    hidden: int = 64
+    # logreg, mlp, cnn, cifarnet, resnet18, or "pkg.module:factory" (see byzsgd.models)
+    name: str = "mlp"
+    hidden: int = 64  # mlp's hidden units
+    params: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the model factory
 
 
 @dataclass
@@ -126,6 +132,9 @@ class ExperimentConfig:
     eval_every: int = 10
     device: Literal["auto", "cpu", "cuda"] = "auto"
     output_dir: str = "results"
+    # Modules imported before anything is built, in the driver and in every actor and sweep
+    # process: where your own aggregators, attacks and protocols register (see byzsgd.plugins).
+    plugins: list[str] = field(default_factory=list)
     nodes: NodesConfig = field(default_factory=NodesConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -209,9 +218,11 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
 
 
 def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
+    from byzsgd.plugins import load_plugins
     from byzsgd.protocols import PROTOCOLS  # the protocols register their option sections
 
     data = dict(data)
+    load_plugins(data.get("plugins"))  # before any registered name (protocol, rule, attack) is looked up
     protocol = data.get("protocol", ExperimentConfig.protocol)
     if not isinstance(protocol, str):
         raise ConfigError(f"protocol: expected a name, got {protocol!r}")
@@ -338,9 +349,19 @@ def validate(config: ExperimentConfig) -> None:
             f"cannot join; submit the run as a job instead: ray job submit --address {config.ray.address} "
             "--working-dir . -- byzsgd run CONFIG (the job joins with --address auto), or use ray://HEAD:10001"
         )
+    check_workload(config)
     check_attack(config.attack, "attack", "workers", config.nodes.n_w, config.nodes.f_w)
     check_attack(config.server_attack, "server_attack", "servers", config.nodes.n_ps, config.nodes.f_ps)
     PROTOCOLS[config.protocol].validate(config)
+
+
+def check_workload(config: ExperimentConfig) -> None:
+    """The model and dataset exist and accept their params (user factories are imported, not called)."""
+    from byzsgd.data import check_dataset
+    from byzsgd.models import check_model
+
+    check_model(config.model.name, config.model.hidden, config.model.params)
+    check_dataset(config.data.dataset, config.data.params)
 
 
 def check_attack(attack: AttackConfig, field_name: str, role: str, n: int, f: int) -> None:

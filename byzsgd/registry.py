@@ -13,6 +13,10 @@ class ConfigError(ValueError):
     """A user-facing error in a configuration: names the field and the rule it breaks."""
 
 
+def _origin(item: object) -> tuple[str | None, str | None]:
+    return getattr(item, "__module__", None), getattr(item, "__qualname__", None)
+
+
 class Registry(Generic[T]):
     """A named table of implementations with one error listing the known names."""
 
@@ -20,9 +24,13 @@ class Registry(Generic[T]):
         self.kind = kind
         self._items: dict[str, T] = {}
 
-    def register(self, name: str) -> Callable[[T], T]:
+    def register(self, name: str, replace: bool = False) -> Callable[[T], T]:
+        """Add an item under ``name``. With ``replace``, the same definition registered again (a
+        notebook cell run twice, a plugin module reloaded) replaces the old one; a different
+        definition under a taken name is still an error."""
+
         def add(item: T) -> T:
-            if name in self._items:
+            if name in self._items and not (replace and _origin(self._items[name]) == _origin(item)):
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             self._items[name] = item
             return item

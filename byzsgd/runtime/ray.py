@@ -33,6 +33,7 @@ from byzsgd.config import ExperimentConfig, config_from_dict
 from byzsgd.faults import FaultInjector
 from byzsgd.messages import Message, is_timer, timer_delay
 from byzsgd.metrics import Monitor
+from byzsgd.plugins import load_plugins
 from byzsgd.protocols import PROTOCOLS
 from byzsgd.protocols.base import Node
 from byzsgd.runtime import counters_row
@@ -52,6 +53,7 @@ class InjectorActor:
     """Hosts the fault injector, so one adversary coordinates every Byzantine node."""
 
     def __init__(self, config_dict: dict[str, Any]) -> None:
+        load_plugins(config_dict.get("plugins"))  # the user's registered rules and attacks exist here too
         config = config_from_dict(config_dict)
         self.injector = FaultInjector(config)
         self.wait_s = config.network.observe_timeout * config.network.time_unit_s
@@ -80,6 +82,7 @@ class NodeActor:
     """Hosts ``node_ids``; ``adversary`` is the injector actor when an omniscient attack runs."""
 
     def __init__(self, config_dict: dict[str, Any], node_ids: list[str], adversary: Any = None) -> None:
+        load_plugins(config_dict.get("plugins"))  # the user's registered rules and attacks exist here too
         config = config_from_dict(config_dict)
         _setup_process(config)
         protocol = PROTOCOLS[config.protocol]
