@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import tempfile
+import threading
+import traceback
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from byzsgd.config import ExperimentConfig, load_config
@@ -30,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", nargs="?", help="YAML experiment (default: the embedded digits experiment)")
     add_common(run)
     run.add_argument("--out", help="results folder (default: <output_dir>/<name>-<timestamp>)")
+    run.add_argument("--overwrite", action="store_true", help="replace the run already in --out (refused without this)")
     show = commands.add_parser("config", help="print the resolved config and exit")
     show.add_argument("config", nargs="?")
     add_common(show)
@@ -85,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"byzsgd: config error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:  # noqa: BLE001 - a bug, not bad input: one line and where the traceback is
+        return report_crash("cannot load the config", error)
     if args.command == "config":
         import yaml
 
@@ -93,11 +101,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_command(config, args)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that a killed run ends like an interrupted one:
+    the runner records it as failed in summary.json, with its rows kept."""
+
+
+def raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated(f"terminated by signal {signal.Signals(signum).name}")
+
+
+def one_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+def report_crash(what: str, error: BaseException, run_dir: Path | None = None, name: str = "byzsgd") -> int:
+    """One line on stderr and the traceback in a file (the run folder's, else a temporary one)."""
+    if run_dir is not None:
+        from byzsgd.runner import record_failure
+
+        path = record_failure(run_dir, name, error)
+    else:
+        with tempfile.NamedTemporaryFile("w", prefix="byzsgd-traceback-", suffix=".txt", delete=False) as handle:
+            handle.write("".join(traceback.format_exception(error)))
+        path = Path(handle.name)
+    print(f"byzsgd: {what}: {one_line(error)} (traceback: {path})", file=sys.stderr)
+    return 1
+
+
 def run_command(config: ExperimentConfig, args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from byzsgd.runner import run_experiment
+    from byzsgd.runner import claim_run_dir, new_run_dir, record_failure, run_experiment
 
+    run_dir = Path(args.out) if args.out else new_run_dir(config)
+    try:
+        claim_run_dir(run_dir, overwrite=args.overwrite)
+    except ConfigError as error:
+        print(f"byzsgd: {error}", file=sys.stderr)
+        return 2
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous_handler = signal.signal(signal.SIGTERM, raise_terminated) if in_main_thread else None
     bar = tqdm(total=config.steps, desc=config.name, unit="step", disable=args.quiet, file=sys.stderr)
 
     def on_row(row: dict[str, Any]) -> None:
@@ -105,15 +149,24 @@ def run_command(config: ExperimentConfig, args: argparse.Namespace) -> int:
         bar.set_postfix(acc=f"{row['test_acc']:.3f}", diam=f"{row['diameter']:.3g}")
 
     try:
-        result = run_experiment(config, args.out, on_row=on_row)
-    except KeyboardInterrupt:
-        print("\nbyzsgd: interrupted; the rows written so far are in the results folder", file=sys.stderr)
-        return 130
+        result = run_experiment(config, run_dir, on_row=on_row)
+    except KeyboardInterrupt as error:  # Ctrl-C or SIGTERM: summary.json says so, the rows are kept
+        record_failure(run_dir, config.name, error)
+        print(
+            f"\nbyzsgd: {one_line(error) if isinstance(error, Terminated) else 'interrupted'}; "
+            f"the rows written so far are in {run_dir}",
+            file=sys.stderr,
+        )
+        return 128 + (signal.SIGTERM if isinstance(error, Terminated) else signal.SIGINT)
     except ConnectionError as error:  # ray.init could not reach the cluster named by --address
         print(f"byzsgd: cannot connect to Ray at {config.ray.address!r}: {error}", file=sys.stderr)
         return 2
+    except Exception as error:  # noqa: BLE001 - a failed run: one line here, the traceback in its folder
+        return report_crash("run failed", error, run_dir, config.name)
     finally:
         bar.close()
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
     print(summary_table(result.summary, result.rows))
     print(f"results: {result.run_dir}")
     return 0
