@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import tempfile
@@ -68,7 +69,7 @@ def add_common(parser: argparse.ArgumentParser) -> None:
 def cli_overrides(args: argparse.Namespace) -> list[str]:
     overrides = list(args.overrides)
     if args.address:
-        overrides.append(f"ray.address={args.address}")
+        overrides.append(f"ray.address={json.dumps(args.address)}")  # a quoted string, whatever YAML would make of it
     if args.runtime:
         overrides.append(f"runtime={args.runtime}")
     return overrides
