@@ -87,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as error:
             print(f"byzsgd: {'config' if args.command == 'sweep' else 'plot'} error: {error}", file=sys.stderr)
             return 2
+        except Exception as error:  # noqa: BLE001 - one line and where the traceback is, never a traceback
+            return report_crash(f"{args.command} failed", error)
     try:
         config = resolve(args)
     except ConfigError as error:

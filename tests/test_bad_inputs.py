@@ -237,3 +237,16 @@ def test_a_bug_while_loading_is_one_line_not_a_traceback(monkeypatch, capsys):
     path = err.strip().rsplit("traceback: ", 1)[1].rstrip(")")
     assert "RuntimeError: unexpected" in open(path).read()
     os.unlink(path)
+
+
+def test_an_unexpected_sweep_error_is_one_line(tmp_path, monkeypatch, capsys):
+    import byzsgd.sweep
+
+    def broken(*args, **kwargs):
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(byzsgd.sweep, "load_sweep", broken)
+    code, err = run_cli(capsys, ["sweep", str(tmp_path / "sweep.yaml")])
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert err.startswith("byzsgd: sweep failed: OSError: disk on fire (traceback: ")
+    os.unlink(err.strip().rsplit("traceback: ", 1)[1].rstrip(")"))
