@@ -250,3 +250,35 @@ def test_an_unexpected_sweep_error_is_one_line(tmp_path, monkeypatch, capsys):
     assert code == 1 and len(err.strip().splitlines()) == 1
     assert err.startswith("byzsgd: sweep failed: OSError: disk on fire (traceback: ")
     os.unlink(err.strip().rsplit("traceback: ", 1)[1].rstrip(")"))
+
+
+def config_leaves(cls: type, prefix: str = "") -> list[str]:
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    out = []
+    for field in dataclasses.fields(cls):
+        if field.name == "options":
+            continue
+        if dataclasses.is_dataclass(hints[field.name]):
+            out += config_leaves(hints[field.name], f"{prefix}{field.name}.")
+        else:
+            out.append(prefix + field.name)
+    return out
+
+
+def test_no_value_of_any_field_escapes_as_anything_but_a_one_line_config_error():
+    """Property over every field (new ones included): odd values are accepted or refused with a
+    ConfigError on one line, never another exception."""
+    from byzsgd.config import ExperimentConfig, load_config
+    from byzsgd.protocols.byzsgd import ByzSGDOptions
+    from byzsgd.registry import ConfigError
+
+    keys = config_leaves(ExperimentConfig) + [f"byzsgd.{k}" for k in config_leaves(ByzSGDOptions)]
+    for key in keys:
+        for value in (".nan", "-1", "x", "[]", "{a: [1]}", "1.0e+400"):
+            try:
+                load_config(None, [f"{key}={value}"])
+            except ConfigError as error:
+                assert "\n" not in str(error), (key, value, str(error))
