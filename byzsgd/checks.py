@@ -55,8 +55,8 @@ def check_fields(config: ExperimentConfig) -> None:
         if value is not None and not holds(value):
             raise ConfigError(f"{name}={value}: {rule}")
     check_address(config.ray.address)
-    check_attack_roles(config)
     build_components(config)
+    check_attack_roles(config)
 
 
 def check_address(address: str | None) -> None:

@@ -59,6 +59,7 @@ BAD_SETTINGS = [
     (["aggregator.name=geometric_median", "aggregator.params={tol: .nan}"], "tol=nan: expected a finite number"),
     (["byzsgd.model_rule=nope"], "byzsgd.model_rule: unknown aggregator 'nope'"),
     (["attack.name=nope"], "attack.params: unknown attack 'nope'"),
+    (["server_attack.name=nope"], "server_attack.params: unknown attack 'nope'"),
     (["attack.params={scale: abc}"], "attack.params: attack 'signflip': parameter scale='abc': expected a number"),
     (["attack={name: gaussian, params: {std: .nan}}"], "parameter std=nan: expected a finite number"),
     (["attack={name: stale, params: {lag: 1.5}}"], "parameter lag=1.5: expected an integer"),
