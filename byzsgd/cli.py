@@ -120,11 +120,15 @@ def one_line(error: BaseException) -> str:
 
 def report_crash(what: str, error: BaseException, run_dir: Path | None = None, name: str = "byzsgd") -> int:
     """One line on stderr and the traceback in a file (the run folder's, else a temporary one)."""
+    path = None
     if run_dir is not None:
         from byzsgd.runner import record_failure
 
-        path = record_failure(run_dir, name, error)
-    else:
+        try:
+            path = record_failure(run_dir, name, error)
+        except OSError:  # the folder cannot take it (gone, full, read-only): a temporary file then
+            pass
+    if path is None:
         with tempfile.NamedTemporaryFile("w", prefix="byzsgd-traceback-", suffix=".txt", delete=False) as handle:
             handle.write("".join(traceback.format_exception(error)))
         path = Path(handle.name)

@@ -59,9 +59,10 @@ def claim_run_dir(run_dir: str | Path, overwrite: bool = False) -> None:
             f"results folder {str(run_dir)!r} already holds a run ({', '.join(held)}); "
             "pass --overwrite to replace it, or choose another folder"
         )
+    folders = [name for name in held if (run_dir / name).is_dir()]
+    if folders:  # checked before anything is removed
+        raise ConfigError(f"results folder {str(run_dir)!r}: {folders[0]} is a folder, not a file; remove it by hand")
     for name in held:
-        if (run_dir / name).is_dir():
-            raise ConfigError(f"results folder {str(run_dir)!r}: {name} is a folder, not a file; remove it by hand")
         (run_dir / name).unlink()
 
 

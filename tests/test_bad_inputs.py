@@ -185,6 +185,15 @@ def test_out_holding_a_run_is_refused_unless_overwrite(tmp_path, capsys, tiny):
     assert (out / "notes.txt").read_text() == "mine"  # --overwrite removes the run's files only
 
 
+def test_overwrite_removes_nothing_when_a_run_file_is_a_folder(tmp_path, capsys, tiny):
+    out = tmp_path / "run"
+    (out / "summary.json").mkdir(parents=True)
+    (out / "config.yaml").write_text("old")
+    code, err = run_cli(capsys, ["run", str(tiny), "--out", str(out), "--overwrite"])
+    assert_one_line_error(code, err, "summary.json is a folder, not a file")
+    assert (out / "config.yaml").read_text() == "old"
+
+
 def test_out_that_is_a_file_is_refused(tmp_path, capsys, tiny):
     out = tmp_path / "taken"
     out.write_text("not a folder")
