@@ -37,9 +37,9 @@ FIELD_RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("ray.snapshot_timeout_s", lambda v: v > 0, "must be positive"),
 ]
 
-# host:port, ray://host[:port] (Ray Client's default port is 10001), or auto/local.
+# HOST:PORT (a head node's GCS) or ray://HOST:PORT (Ray Client, usually port 10001), or auto/local.
 _HOST = r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])"
-_ADDRESS = re.compile(rf"(?:{_HOST}:(?P<port>\d{{1,5}})|ray://{_HOST}(?::(?P<client_port>\d{{1,5}}))?)")
+_ADDRESS = re.compile(rf"(?:ray://)?{_HOST}:(?P<port>\d{{1,5}})")
 
 
 def dotted(config: Any, name: str) -> Any:
@@ -64,8 +64,7 @@ def check_address(address: str | None) -> None:
     if address is None or address in ("auto", "local"):
         return
     match = _ADDRESS.fullmatch(address)
-    port = match and (match["port"] or match["client_port"])
-    if match is None or (port is not None and not 1 <= int(port) <= 65535):
+    if match is None or not 1 <= int(match["port"]) <= 65535:
         raise ConfigError(
             f"ray.address={address!r}: expected auto, HOST:PORT (a running head node, e.g. 10.0.0.1:6379) "
             "or ray://HOST:PORT (Ray Client, e.g. ray://10.0.0.1:10001)"

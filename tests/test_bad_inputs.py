@@ -76,6 +76,8 @@ BAD_SETTINGS = [
     (["--address", "not an address"], "ray.address='not an address': expected auto, HOST:PORT"),
     (["--address", "10.0.0.1:99999"], "ray.address='10.0.0.1:99999'"),
     (["--address", "10.0.0.1"], "ray.address='10.0.0.1'"),
+    (["--address", "ray://10.0.0.1"], "ray.address='ray://10.0.0.1'"),
+    (["--address", "10.0.0.1:0"], "ray.address='10.0.0.1:0'"),
     (["--address", "http://10.0.0.1:8265"], "that is the dashboard (job submission) address"),
 ]
 
