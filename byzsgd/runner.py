@@ -9,6 +9,7 @@ A folder that already holds a run is never appended to: see :func:`claim_run_dir
 from __future__ import annotations
 
 import json
+import os
 import time
 import traceback
 from collections.abc import Callable
@@ -53,6 +54,9 @@ def claim_run_dir(run_dir: str | Path, overwrite: bool = False) -> None:
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"results folder {str(run_dir)!r}: exists and is not a folder")
+    existing = next(p for p in (run_dir.absolute(), *run_dir.absolute().parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"results folder {str(run_dir)!r}: cannot be created or written in {str(existing)!r}")
     held = [name for name in RUN_FILES if (run_dir / name).exists()] if run_dir.is_dir() else []
     if held and not overwrite:
         raise ConfigError(

@@ -201,6 +201,9 @@ def test_out_that_is_a_file_is_refused(tmp_path, capsys, tiny):
     out.write_text("not a folder")
     code, err = run_cli(capsys, ["run", str(tiny), "--out", str(out)])
     assert_one_line_error(code, err, "exists and is not a folder")
+    code, err = run_cli(capsys, ["run", str(tiny), "--out", str(out / "run")])
+    assert_one_line_error(code, err, "cannot be created or written in")
+    assert out.read_text() == "not a folder"
 
 
 def test_an_error_during_the_run_is_one_line_with_the_traceback_path(tmp_path, monkeypatch, capsys, tiny):
