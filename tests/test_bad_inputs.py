@@ -297,3 +297,32 @@ def test_no_value_of_any_field_escapes_as_anything_but_a_one_line_config_error()
                 load_config(None, [f"{key}={value}"])
             except ConfigError as error:
                 assert "\n" not in str(error), (key, value, str(error))
+
+
+@pytest.mark.slow
+def test_sigterm_on_ray_ends_the_run_cleanly(tmp_path):
+    """ray.init installs its own SIGTERM handler (exit at once); the run must still end with a
+    summary, one line, exit code 143, and Ray shut down."""
+    import subprocess
+    import sys
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY.replace("runtime: local", "runtime: ray").replace("steps: 4", "steps: 100000"))
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "byzsgd.cli", "run", str(config), "--quiet", "--out", str(out)]
+    command += ["--set", "ray.num_cpus=2", "--set", "ray.object_store_memory=100000000", "--set", "ray.actors=2"]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").read_text():
+            assert process.poll() is None and time.monotonic() < deadline, "the run never started"
+            time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGTERM, err
+    assert "byzsgd: Terminated: terminated by signal SIGTERM" in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "failed" and "SIGTERM" in summary["error"]
