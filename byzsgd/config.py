@@ -1,8 +1,12 @@
 """Typed experiment configuration: YAML in, validated dataclasses out, clear errors.
 
-Every field has a default, so a config file only states what differs from the embedded
-default. Protocol-specific options live in a top-level section named after the protocol
-(e.g. ``byzsgd: {period: 10}``); each protocol registers the dataclass that parses it.
+A config file is layered over the embedded default (``byzsgd/configs/default.yaml``): each
+top-level key it sets replaces the default's value for that key, a section (``attack:``,
+``nodes:``, ...) as a whole, the way a sweep's grid replaces its base's keys. An empty file is
+``byzsgd run``; fields neither file sets take the dataclass defaults below.
+
+Protocol-specific options live in a top-level section named after the protocol (e.g.
+``byzsgd: {period: 10}``); each protocol registers the dataclass that parses it.
 """
 
 from __future__ import annotations
@@ -40,6 +44,10 @@ class DataConfig:
     partition: Literal["iid", "dirichlet"] = "iid"
     alpha: float = 0.5  # Dirichlet concentration: smaller is more heterogeneous
     batch_size: int = 32
+    # What batch_size counts: the samples of each mini-batch a worker draws ("per_worker"), or the
+    # samples a whole step draws, split over its distinct mini-batches ("per_step": systems with
+    # different redundancy then train on the same global batch). See byzsgd.data.batch_size_of.
+    batch_accounting: Literal["per_worker", "per_step"] = "per_worker"
     test_fraction: float = 0.2
     eval_samples: int = 512  # training samples used to report the training loss
 
@@ -148,11 +156,21 @@ def default_config_dict() -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    """Load a YAML file (or the embedded default), apply ``key=value`` overrides, validate."""
-    data = default_config_dict() if path is None else read_yaml_mapping(path, "config file")
+    """The embedded default, the YAML file's keys over it, then ``key=value`` overrides; validated."""
+    data = default_config_dict()
+    if path is not None:
+        data.update(read_config_file(path))
     for override in overrides:
         apply_override(data, override)
     return config_from_dict(data)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """An experiment file; a sweep file is refused with the command that runs it."""
+    data = read_yaml_mapping(path, "config file")
+    if "sweep" in data:
+        raise ConfigError(f"{path} is a sweep file (it has a sweep: section); run it with: byzsgd sweep {path}")
+    return data
 
 
 def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
@@ -327,6 +345,11 @@ def validate(config: ExperimentConfig) -> None:
         raise ConfigError(f"optimizer.lr={config.optimizer.lr}: must be positive")
     if not 0 < config.data.test_fraction < 1:
         raise ConfigError(f"data.test_fraction={config.data.test_fraction}: must be in (0, 1)")
+    if config.data.batch_accounting == "per_step" and config.data.batch_size < config.nodes.n_w:
+        raise ConfigError(
+            f"data.batch_size={config.data.batch_size} with data.batch_accounting=per_step: "
+            f"must be at least nodes.n_w={config.nodes.n_w} (one sample per worker's mini-batch)"
+        )
     if config.data.alpha <= 0:
         raise ConfigError(f"data.alpha={config.data.alpha}: must be positive")
     if config.network.delay < 0 or not 0 <= config.network.jitter <= 1:

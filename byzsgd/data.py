@@ -11,6 +11,7 @@ import gzip
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -105,6 +106,24 @@ def partition(
         if min(len(p) for p in parts) >= minimum:
             return [np.sort(np.array(p, dtype=np.int64)) for p in parts]
     raise ConfigError(f"data.alpha={alpha}: could not give each of {shards} workers {minimum} samples")
+
+
+def batch_size_of(data: Any, index: int, count: int) -> int:
+    """The size of mini-batch ``index`` of the ``count`` distinct ones a step draws.
+
+    ``data.batch_accounting``: ``per_worker`` gives every one ``data.batch_size`` samples (so a
+    step uses ``count * batch_size``, and systems with different redundancy use different
+    amounts); ``per_step`` splits ``data.batch_size`` over them (sizes differing by at most one),
+    so every system uses exactly ``batch_size`` samples per step. Replicas of one partition draw
+    the same batch and count once."""
+    if data.batch_accounting == "per_worker":
+        return data.batch_size
+    if data.batch_size < count:
+        raise ConfigError(
+            f"data.batch_size={data.batch_size} with data.batch_accounting=per_step: a step draws {count} "
+            "mini-batches, each needs at least one sample"
+        )
+    return data.batch_size // count + (index < data.batch_size % count)
 
 
 class BatchSampler:

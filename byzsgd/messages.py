@@ -32,6 +32,25 @@ def broadcast(sender: str, receivers: Iterable[str], kind: str, round_: int, pay
     return [Message(sender, receiver, kind, round_, payload) for receiver in receivers]
 
 
+TIMER = "timeout"
+
+
+def timer(node_id: str, round_: int, delay: float, tag: int = 0) -> Message:
+    """A message a node sends itself, delivered back to it (only to it) after ``delay`` network
+    time units: how a node waits with a timeout. The payload carries ``[delay, tag]``; ``tag``
+    tells a node's timers of one round apart. Runtimes never corrupt, count or forward timers."""
+    return Message(node_id, node_id, TIMER, round_, np.array([delay, tag], dtype=PAYLOAD_DTYPE))
+
+
+def is_timer(message: Message) -> bool:
+    """A node's own timer (the runtime stamps senders, so no other node can forge one)."""
+    return message.kind == TIMER and message.sender == message.receiver
+
+
+def timer_delay(message: Message) -> float:
+    return max(0.0, float(message.payload[0]))
+
+
 @dataclass(frozen=True)
 class Channel:
     """What one kind of message must look like: who may send it, the payload size and dtype

@@ -26,6 +26,7 @@ from byzsgd.faults import FaultInjector
 from byzsgd.metrics import METRICS_FILE, JsonlWriter, Monitor
 from byzsgd.protocols import PROTOCOLS
 from byzsgd.registry import ConfigError
+from byzsgd.storage import resolve_output
 from byzsgd.training import Workload
 
 SUMMARY_FILE = "summary.json"
@@ -44,7 +45,7 @@ class RunResult:
 
 def new_run_dir(config: ExperimentConfig) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    return Path(config.output_dir) / f"{config.name}-{stamp}"
+    return resolve_output(config.output_dir) / f"{config.name}-{stamp}"
 
 
 def claim_run_dir(run_dir: str | Path, overwrite: bool = False) -> None:
@@ -95,7 +96,7 @@ def run_experiment(
 ) -> RunResult:
     """Run ``config`` into ``run_dir`` (default: a new timestamped folder); a folder that
     already holds a run is refused unless ``overwrite`` (see :func:`claim_run_dir`)."""
-    run_dir = Path(run_dir) if run_dir is not None else new_run_dir(config)
+    run_dir = resolve_output(run_dir) if run_dir is not None else new_run_dir(config)
     claim_run_dir(run_dir, overwrite)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -11,7 +11,7 @@ import torch
 from torch.nn import functional as F
 
 from byzsgd.config import ExperimentConfig
-from byzsgd.data import BatchSampler, load_dataset, partition
+from byzsgd.data import BatchSampler, batch_size_of, load_dataset, partition
 from byzsgd.models import build_model, get_vector, grad_vector, set_vector
 
 
@@ -50,7 +50,8 @@ class Workload:
 
     def sampler(self, worker_index: int) -> BatchSampler:
         seed = self.config.seed * 1_000_003 + worker_index
-        return BatchSampler(self.shards()[worker_index], self.config.data.batch_size, seed)
+        size = batch_size_of(self.config.data, worker_index, self.config.nodes.n_w)  # each worker its own batch
+        return BatchSampler(self.shards()[worker_index], size, seed)
 
     def gradient(self, vector: torch.Tensor, batch: np.ndarray) -> tuple[torch.Tensor, float]:
         set_vector(self.model, vector)

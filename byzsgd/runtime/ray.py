@@ -33,7 +33,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from byzsgd.config import ExperimentConfig, config_from_dict
 from byzsgd.faults import FaultInjector
-from byzsgd.messages import Message
+from byzsgd.messages import Message, is_timer, timer_delay
 from byzsgd.metrics import Monitor
 from byzsgd.protocols import PROTOCOLS
 from byzsgd.protocols.base import Node
@@ -153,6 +153,10 @@ class NodeActor:
                 self.snapshots[node.node_id, step] = vector
 
     def _route(self, sender: str, outgoing: list[Message]) -> None:
+        for message in [m for m in outgoing if is_timer(m) and m.sender == sender]:  # back to the sender only
+            delay = timer_delay(message) * self.network.time_unit_s
+            asyncio.get_running_loop().call_later(delay, self._send_late, self.index, message)
+        outgoing = [m for m in outgoing if not is_timer(m)]
         if not outgoing:
             return
         if sender in self.tapped:
