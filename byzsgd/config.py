@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -187,9 +188,13 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{what} {str(path)!r} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a YAML text file (not valid UTF-8)") from None
+    except OSError as error:
+        raise ConfigError(f"{what} {str(path)!r}: cannot be read ({error.strerror})") from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(error)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data
@@ -200,8 +205,18 @@ def apply_override(data: dict[str, Any], override: str) -> None:
     key, sep, raw = override.partition("=")
     if not sep or not key:
         raise ConfigError(f"--set {override!r}: expected key=value, e.g. nodes.n_w=10")
-    value = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--set {override!r}: the value is not valid YAML: {yaml_problem(error)}") from None
     set_dotted(data, key.strip(), value)
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error on one line: what is wrong and where (PyYAML's own text spans several lines)."""
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    mark = getattr(error, "problem_mark", None)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
@@ -226,11 +241,21 @@ def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
     protocol = data.get("protocol", ExperimentConfig.protocol)
     if not isinstance(protocol, str):
         raise ConfigError(f"protocol: expected a name, got {protocol!r}")
-    spec = PROTOCOLS[protocol]
+    try:
+        spec = PROTOCOLS[protocol]
+    except ConfigError as error:
+        raise ConfigError(f"protocol: {error}") from None
     sections = {name: data.pop(name) for name in PROTOCOLS.names() if name in data}
     for name, section in sections.items():
         if section is not None and not isinstance(section, dict):
             raise ConfigError(f"{name}: expected a mapping of protocol options")
+        # Another protocol's options would be silently ignored; the embedded default's own
+        # section is not the user's doing, so it may stay when only the protocol changes.
+        if name != protocol and section and section != default_config_dict().get(name):
+            raise ConfigError(
+                f"{name}: these options apply to protocol {name!r}, not to the chosen {protocol!r} "
+                f"(move them to a '{protocol}:' section or remove them)"
+            )
     config = parse_dataclass(ExperimentConfig, data, "", extra_keys=PROTOCOLS.names())
     config.options = parse_dataclass(spec.options, sections.get(protocol) or {}, protocol)
     validate(config)
@@ -284,11 +309,16 @@ def parse_value(hint: Any, value: Any, path: str) -> Any:
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        if not -(2**63) <= value < 2**63:  # numpy, torch and Ray take 64-bit integers
+            raise ConfigError(f"{path}={value}: out of range (a 64-bit integer)")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
-        return float(value)
+        number = float(value) if isinstance(value, float) or abs(value) < 2**1000 else math.inf
+        if not math.isfinite(number):
+            raise ConfigError(f"{path}={value}: must be a finite number")
+        return number
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{path}: expected a string, got {value!r}")
@@ -305,6 +335,7 @@ def join(path: str, key: str) -> str:
 
 def validate(config: ExperimentConfig) -> None:
     """Checks that hold for every protocol; each protocol then checks its own rules."""
+    from byzsgd.checks import check_fields
     from byzsgd.protocols import PROTOCOLS
 
     positive = {
@@ -350,6 +381,7 @@ def validate(config: ExperimentConfig) -> None:
             "--working-dir . -- byzsgd run CONFIG (the job joins with --address auto), or use ray://HEAD:10001"
         )
     check_workload(config)
+    check_fields(config)
     check_attack(config.attack, "attack", "workers", config.nodes.n_w, config.nodes.f_w)
     check_attack(config.server_attack, "server_attack", "servers", config.nodes.n_ps, config.nodes.f_ps)
     PROTOCOLS[config.protocol].validate(config)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import threading
 import zlib
 from collections import Counter, defaultdict, deque
 from dataclasses import replace
@@ -237,6 +239,9 @@ def start_ray(config: ExperimentConfig) -> bool:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Inside a Ray job (ray job submit) RAY_ADDRESS names the cluster: join it, start nothing.
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    # ray.init replaces a SIGTERM handler by one that exits at once; the caller's (the CLI's
+    # turns SIGTERM into an exception, so the run records how it ended and shuts Ray down) wins.
+    caller_sigterm = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
@@ -246,6 +251,8 @@ def start_ray(config: ExperimentConfig) -> bool:
             include_dashboard=False,
             log_to_driver=True,
         )
+    if callable(caller_sigterm):
+        signal.signal(signal.SIGTERM, caller_sigterm)
     return True
 
 
