@@ -8,7 +8,7 @@ import yaml
 
 import byzsgd.runner
 from byzsgd.cli import main
-from byzsgd.config import config_from_dict
+from byzsgd.experiment import config_from_dict
 from byzsgd.metrics import read_jsonl
 from byzsgd.registry import ConfigError
 from byzsgd.sweep import config_hash, expand_sweep, run_status, run_sweep
