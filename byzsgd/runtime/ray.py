@@ -3,16 +3,17 @@
 By default each node is its own actor (``ray.actors: null``); with ``ray.actors: k`` the nodes
 are dealt over k actors, each built from the driver's plan (:class:`byzsgd.experiment.Experiment`).
 An actor is a mailbox and a batcher: it queues incoming messages, hands them one at a time to the
-node they are for, in the order of their simulated network delays (a :class:`byzsgd.bus.Mailbox`:
-co-hosted nodes see messages in different orders, as over a real network), passes what that node
-sends through the bus (:mod:`byzsgd.bus`), and delivers it: in its own queue when the receiver
-lives here, otherwise batched, one ``deliver`` call per receiving actor once its queue has run dry
-(a Ray call costs ~2 ms of CPU, shipping a payload much less). A payload goes once per call, a
-small one inline, a large one as one ``ray.put`` shared by every call that carries it. A Byzantine
-node's attack runs in its shell when it needs only the node's own vector; an omniscient attack
-goes through the fault-injector actor, to which correct nodes of the attacked role also tap their
-outgoing payloads (fire and forget: a correct node never waits for the adversary). Actors are
-spread over the cluster's machines or packed onto few (``ray.placement``).
+node they are for in the order of their simulated network delays (:class:`byzsgd.bus.Mailbox`: so
+co-hosted nodes see messages in different orders, as over a network), passes what that node sends
+through the bus (:mod:`byzsgd.bus`), and delivers it:
+in its own queue when the receiver lives here, otherwise batched, one ``deliver`` call per
+receiving actor once its queue has run dry (a Ray call costs ~2 ms of CPU, shipping a payload
+much less). A payload goes once per call, a small one inline, a large one as one ``ray.put``
+shared by every call that carries it. A Byzantine node's attack runs in its shell when it needs
+only the node's own vector; an omniscient attack goes through the fault-injector actor, to which
+correct nodes of the attacked role also tap their outgoing payloads (fire and forget: a correct
+node never waits for the adversary). Actors are spread over the cluster's machines or packed
+onto few (``ray.placement``).
 """
 
 from __future__ import annotations
