@@ -179,8 +179,8 @@ class NodeActor:
         self._dispatch(self.bus.send(sender, outgoing))
 
     async def _corrupt_remotely(self, sender: str, outgoing: list[Message]) -> None:
-        planned = await self.adversary.corrupt.remote(outgoing)
-        self._dispatch(self.bus.post(sender, self.bus.attacked(planned)))
+        held = await self.adversary.corrupt.remote(outgoing)
+        self._dispatch(self.bus.post(sender, self.bus.attacked(held)))
         self._pump()
 
     def _dispatch(self, planned: Planned) -> None:
