@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,7 +48,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from byzsgd.aggregators import AGGREGATORS, make_aggregator
+from byzsgd.aggregators import AGGREGATORS, Aggregator, Mean, make_aggregator, min_diameter_subset
+from byzsgd.registry import ConfigError
 
 # Parameters per rule for these tests; a rule whose parameters depend on the cloud's scale
 # gets them from `params_for`.
@@ -296,3 +298,47 @@ def test_non_finite_rows_are_dropped_and_counted_against_f(name, data):
     assert close(out, expected, cloud.scale + float(np.abs(finite).max()))
     if name != "mean":
         assert bound_violation(name, out, cloud) <= 0
+
+
+# -- MDA's exact search against brute force --------------------------------------------------
+
+
+@given(
+    n=st.integers(15, 16),
+    f=st.integers(4, 6),  # n=15, f=4 is past the brute-force size; f <= 3 would not be
+    d=st.integers(1, 3),
+    grid=st.sampled_from([2, 3, 1000]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_mda_search_finds_the_first_minimum_diameter_subset(n, f, d, grid, seed):
+    """Past the brute-force size, MDA runs a vertex-cover search; it must return the same
+    subset as scoring every subset: minimum diameter, ties to the lexicographically first.
+    Points on a coarse integer grid make exact ties (and duplicates) common."""
+    f = min(f, (n - 1) // 2)
+    x = np.random.default_rng(seed).integers(0, grid, size=(n, d)).astype(np.float64)
+    d2 = ((x[:, None] - x[None]) ** 2).sum(axis=2)
+    best, best_diameter = None, np.inf
+    for subset in itertools.combinations(range(n), n - f):  # lexicographic order
+        diameter = d2[np.ix_(subset, subset)].max()
+        if diameter < best_diameter:
+            best, best_diameter = subset, diameter
+    np.testing.assert_array_equal(min_diameter_subset(d2, n - f), np.array(best))
+    np.testing.assert_allclose(make_aggregator("mda", f=f)(x), x[list(best)].mean(axis=0), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(RULES))
+def test_the_stated_formula_gives_the_needed_count(name):
+    for f in range(4):
+        aggregator = make_aggregator(name, f=f, **params_for(name, Cloud(np.ones((1, 1)), 0, 1.0)))
+        assert eval(aggregator.formula(), {"f": f, "max": max}) == aggregator.needed(f)  # noqa: S307
+        message = rf"needs n >= {re.escape(aggregator.formula())} = {aggregator.needed(f)} inputs"
+        with pytest.raises(ConfigError, match=message):
+            aggregator(np.zeros((aggregator.needed(f) - 1, 2)))
+
+
+def test_a_rule_with_bound_f_plus_b_states_it_so():
+    class OnePlusTwo(Aggregator):
+        bound = (1, 2)
+
+    assert OnePlusTwo(3).formula() == "f+2" and OnePlusTwo(3).needed(3) == 5
+    assert Mean(2).formula() == "1"
