@@ -76,7 +76,8 @@ def test_a_sync_worker_that_rejects_every_model_falls_back_to_their_median():
         for server, payload in models.items():
             worker.on_message(broadcast(server, ["w0"], "model", step, payload)[0])
 
-    deliver(0, {s: x0 for s in servers[:4]})  # step 0 is a Gather step
+    worker.start()  # asks every server: step 0 is a Gather step
+    deliver(0, {s: x0 for s in servers[:4]})
     # Step 1: four models, each far beyond the outlier filter's bound; no coordinate-wise order
     # makes the first or last of them the median.
     offsets = {"ps1": 300.0, "ps2": 100.0, "ps3": 120.0, "ps4": 110.0}
