@@ -342,3 +342,37 @@ def test_a_rule_with_bound_f_plus_b_states_it_so():
 
     assert OnePlusTwo(3).formula() == "f+2" and OnePlusTwo(3).needed(3) == 5
     assert Mean(2).formula() == "1"
+
+
+# -- parameter checks at their boundaries ----------------------------------------------------
+
+PARAMETER_BOUNDARIES = [
+    # (rule, params that are just valid, params that are just invalid, words the error must name)
+    ("centered_clipping", {"tau": 1e-9, "iterations": 1}, {"tau": 0.0}, "tau > 0"),
+    ("centered_clipping", {"tau": 1.0, "iterations": 1}, {"iterations": 0}, "iterations >= 1"),
+    ("centered_clipping", {"tau": 1.0, "iterations": 2}, {"iterations": 1.5}, "iterations=1.5: expected an integer"),
+    ("geometric_median", {"tol": 1e-12, "eps": 1e-12, "max_iter": 1}, {"tol": 0.0}, "tol > 0"),
+    ("geometric_median", {"max_iter": 1}, {"max_iter": 0}, "max_iter >= 1"),
+    ("geometric_median", {"eps": 1e-12}, {"eps": 0.0}, "eps > 0"),
+    ("multikrum", {"m": 1, "neighbours": 1}, {"m": 0}, "m must be an integer >= 1"),
+    ("multikrum", {"neighbours": 1}, {"neighbours": 0}, "neighbours must be an integer >= 1"),
+    ("multikrum", {"m": 2}, {"m": True}, "m=True: expected an integer"),
+    ("bucketing", {"base": "median", "s": 1}, {"base": "median", "s": 0}, "s must be >= 1"),
+    ("clipping", {"base": "median", "threshold": 1e-9}, {"base": "median", "threshold": 0.0}, "threshold must be > 0"),
+]
+
+
+@pytest.mark.parametrize("name, valid, invalid, words", PARAMETER_BOUNDARIES)
+def test_parameters_are_checked_at_their_boundary(name, valid, invalid, words):
+    make_aggregator(name, f=1, **valid)
+    with pytest.raises(ConfigError, match=re.escape(words)) as error:
+        make_aggregator(name, f=1, **{**valid, **invalid})
+    assert name in str(error.value)
+
+
+def test_multikrum_counts_are_checked_against_n():
+    rule = make_aggregator("multikrum", f=1, m=5, neighbours=4)
+    rule.check(5)
+    for m, neighbours in [(6, 4), (5, 5)]:
+        with pytest.raises(ConfigError, match=r"must not exceed n=5 and n-1"):
+            make_aggregator("multikrum", f=1, m=m, neighbours=neighbours).check(5)
