@@ -1,13 +1,16 @@
 """Each attack changes what Byzantine nodes send as specified (checked against independent
 computations), through the fault injector that the runtimes use."""
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
 from scipy.stats import norm
 from torch.nn import functional as F
 
-from byzsgd.attacks import ATTACKS, FlippedLabels, alie_z
+from byzsgd.aggregators import make_aggregator
+from byzsgd.attacks import ATTACKS, AttackContext, FlippedLabels, alie_z
 from byzsgd.faults import FaultInjector
 from byzsgd.messages import broadcast
 from byzsgd.models import build_model, set_vector
@@ -53,10 +56,29 @@ def test_alie_z_matches_the_papers_formula():
     for n, f in [(10, 3), (7, 2), (50, 24), (25, 5)]:
         s = np.floor(n / 2 + 1) - f
         assert alie_z(n, f) == pytest.approx(norm.ppf((n - f - s) / (n - f)))
+        assert alie_z(n, f, "paper") == pytest.approx(norm.ppf((n - s) / n))
     with pytest.raises(ValueError, match="undefined"):
         alie_z(4, 3)  # s = 0: the quantile is 1
     with pytest.raises(ValueError, match="0 < f < n"):
         alie_z(5, 0)
+    with pytest.raises(ValueError, match="z_formula='baruch' must be one of honest, paper"):
+        alie_z(7, 2, "baruch")
+
+
+@pytest.mark.parametrize(
+    ("n", "f", "honest", "paper"),
+    [
+        # s = floor(n/2 + 1) - f; honest: Phi^-1((n - f - s)/(n - f)); paper: Phi^-1((n - s)/n).
+        (17, 8, 1.220640, 1.564726),  # s = 1: Phi^-1(8/9), Phi^-1(16/17)
+        (10, 3, 0.180012, 0.524401),  # s = 3: Phi^-1(4/7), Phi^-1(7/10)
+        (7, 2, 0.253347, 0.565949),  # s = 2: Phi^-1(3/5), Phi^-1(5/7)
+        (31, 10, 0.565949, 0.864894),  # s = 6: Phi^-1(15/21), Phi^-1(25/31)
+    ],
+)
+def test_alie_z_both_formulas_by_hand(n, f, honest, paper):
+    assert alie_z(n, f) == pytest.approx(honest, abs=1e-6)
+    assert alie_z(n, f, "honest") == pytest.approx(honest, abs=1e-6)
+    assert alie_z(n, f, "paper") == pytest.approx(paper, abs=1e-6)
 
 
 def test_unknown_attack_names_list_the_known_ones():
@@ -110,6 +132,11 @@ def test_alie_sends_mean_plus_z_std_of_the_correct_gradients_and_waits_for_them(
     inj = injector("alie", {"z": -1.5})
     honest = observe_correct(inj)
     np.testing.assert_allclose(attacked(inj)[0], honest.mean(0) - 1.5 * honest.std(0), rtol=1e-5, atol=1e-6)
+    inj = injector("alie", {"z_formula": "paper"})  # n = 7, f = 2: z = Phi^-1(5/7) = 0.565949
+    honest = observe_correct(inj)
+    np.testing.assert_allclose(attacked(inj)[0], honest.mean(0) + 0.565949 * honest.std(0), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ConfigError, match="z_formula"):
+        injector("alie", {"z_formula": "baruch"})
 
 
 def test_byzantine_workers_collude_on_one_vector_per_round():
@@ -137,28 +164,84 @@ def test_mimic_copies_one_correct_worker():
     np.testing.assert_allclose(attacked(inj)[0], honest[0], rtol=1e-6)
 
 
-def displacement(honest, byzantine, f=2):
-    """How far the coordinate median moves from the correct mean (independent of the attack code)."""
-    inputs = np.concatenate([honest, np.repeat(byzantine[None], f, axis=0)])
-    return np.linalg.norm(np.median(inputs, axis=0) - honest.mean(0))
+def independent_mda(inputs, f):
+    """Minimum-diameter averaging by brute force: the mean of the n - f inputs of smallest diameter."""
+    best, best_diameter = None, np.inf
+    for chosen in itertools.combinations(range(len(inputs)), len(inputs) - f):
+        subset = inputs[list(chosen)]
+        diameter = max(np.linalg.norm(a - b) for a, b in itertools.combinations(subset, 2))
+        if diameter < best_diameter:
+            best, best_diameter = subset.mean(0), diameter
+    return best
 
 
-@pytest.mark.parametrize(
-    ("name", "candidate"),
-    [
-        ("optimal-alie", lambda h, s: h.mean(0) + s * h.std(0)),
-        ("optimal-ipm", lambda h, s: -s * h.mean(0)),
-    ],
-)
-def test_line_search_picks_the_scale_that_hurts_the_configured_aggregator_most(name, candidate):
-    inj = injector(name, {"max_scale": 4.0, "points": 9}, aggregator={"name": "median"})
+RULES = {"median": lambda inputs, f: np.median(inputs, axis=0), "mda": independent_mda}
+
+
+def quorum_damage(honest, byzantine, rule, f=2, q=5):
+    """What a correct server aggregates, independently of the attack code: every quorum of q
+    vectors made of the f Byzantine copies and q - f of the correct ones; the mean distance of
+    the rule's output from the correct mean."""
+    center = honest.mean(0)
+    copies = np.repeat(byzantine[None], f, axis=0)
+    gaps = [
+        np.linalg.norm(RULES[rule](np.concatenate([honest[list(chosen)], copies]), f) - center)
+        for chosen in itertools.combinations(range(len(honest)), q - f)
+    ]
+    return float(np.mean(gaps))
+
+
+FAMILIES = {
+    # name: (the family's vector at scale s, its plain members' scales at n_w = 7, f_w = 2)
+    "optimal-alie": (lambda h, s: h.mean(0) + s * h.std(0), [0.253347, 0.565949, 0.5, 1.0, 1.5, 2.0, 3.0]),
+    "optimal-ipm": (lambda h, s: -s * h.mean(0), [0.1, 0.5, 1.0, 2.0, 5.0, 10.0]),
+}
+
+
+@pytest.mark.parametrize("rule", ["median", "mda"])
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_optimal_attack_hurts_the_servers_quorum_at_least_as_much_as_every_plain_member(name, rule):
+    # n_w = 7, f_w = 2: a server aggregates q = 5 gradients, 2 Byzantine and 3 of the 5 correct
+    # ones; subsets=10 lets the search see all C(5, 3) = 10 quorums, as quorum_damage does.
+    candidate, fixed = FAMILIES[name]
+    inj = injector(name, {"subsets": 10}, aggregator={"name": rule})
     honest = observe_correct(inj)
     sent = attacked(inj)[0].astype(np.float64)
-    gaps = {s: displacement(honest, candidate(honest, s)) for s in np.linspace(0, 4, 9)}
-    best = max(gaps, key=gaps.get)
-    np.testing.assert_allclose(sent, candidate(honest, best), rtol=1e-5, atol=1e-6)
-    assert displacement(honest, sent) == pytest.approx(max(gaps.values()), rel=1e-4)
-    assert displacement(honest, sent) > min(gaps.values())  # the search had something to choose
+    achieved = quorum_damage(honest, sent, rule)
+    plain = {s: quorum_damage(honest, candidate(honest, s), rule) for s in fixed}
+    grid = {s: quorum_damage(honest, candidate(honest, s), rule) for s in np.linspace(0, 10, 21)}
+    assert achieved >= max(plain.values()) * (1 - 1e-4)  # never weaker than a plain member
+    assert achieved == pytest.approx(max({**plain, **grid}.values()), rel=1e-4)  # the best candidate
+    assert achieved > min(grid.values())  # the search had something to choose
+
+
+def test_line_search_draws_quorums_when_there_are_too_many_to_try():
+    # Default subsets=8 < C(5, 3) = 10: the damage is averaged over 8 draws from the context's
+    # rng; on those same draws the chosen vector beats every plain IPM.
+    honest = np.random.default_rng(3).normal(size=(5, D))
+    mda = make_aggregator("mda", f=2)
+
+    def context():
+        observed = {f"w{i}": honest[i] for i in range(5)}
+        return AttackContext("w5", "ps0", "gradient", 0, np.random.default_rng(0), observed, n=7, f=2, aggregate=mda)
+
+    attack = ATTACKS.build("optimal-ipm")
+    sent = attack(honest[0], context()).astype(np.float64)
+    draws = context()
+    parts = attack.correct_parts(honest, draws)
+    assert len(parts) == 8 and all(part.shape == (3, D) for part in parts)
+    assert len({tuple(map(tuple, p)) for p in parts}) > 1  # not one quorum repeated
+
+    def damage(vector):
+        copies = np.repeat(vector[None], 2, axis=0)
+        return np.mean(
+            [np.linalg.norm(independent_mda(np.concatenate([p, copies]), 2) - honest.mean(0)) for p in parts]
+        )
+
+    for eps in FAMILIES["optimal-ipm"][1]:
+        assert damage(sent) >= damage(-eps * honest.mean(0)) * (1 - 1e-4)
+    with pytest.raises(ConfigError, match="subsets=0"):
+        injector("optimal-ipm", {"subsets": 0})
 
 
 def test_label_flipping_workload_trains_on_c_minus_1_minus_y():
