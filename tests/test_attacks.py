@@ -179,14 +179,13 @@ RULES = {"median": lambda inputs, f: np.median(inputs, axis=0), "mda": independe
 
 
 def quorum_damage(honest, byzantine, rule, f=2, q=5):
-    """What a correct server aggregates, independently of the attack code: every quorum of q
-    vectors made of the f Byzantine copies and q - f of the correct ones; the mean distance of
-    the rule's output from the correct mean."""
-    center = honest.mean(0)
-    copies = np.repeat(byzantine[None], f, axis=0)
+    """What a correct server aggregates, independently of the attack code: the first q of the
+    n = len(honest) + f senders, every q-subset equally likely (the f Byzantine ones send
+    ``byzantine``); the mean distance of the rule's output from the correct mean."""
+    senders = np.concatenate([honest, np.repeat(byzantine[None], f, axis=0)])
     gaps = [
-        np.linalg.norm(RULES[rule](np.concatenate([honest[list(chosen)], copies]), f) - center)
-        for chosen in itertools.combinations(range(len(honest)), q - f)
+        np.linalg.norm(RULES[rule](senders[list(chosen)], f) - honest.mean(0))
+        for chosen in itertools.combinations(range(len(senders)), q)
     ]
     return float(np.mean(gaps))
 
@@ -201,42 +200,47 @@ FAMILIES = {
 @pytest.mark.parametrize("rule", ["median", "mda"])
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_optimal_attack_hurts_the_servers_quorum_at_least_as_much_as_every_plain_member(name, rule):
-    # n_w = 7, f_w = 2: a server aggregates q = 5 gradients, 2 Byzantine and 3 of the 5 correct
-    # ones; subsets=10 lets the search see all C(5, 3) = 10 quorums, as quorum_damage does.
+    # n_w = 7, f_w = 2: a server aggregates q = 5 gradients; subsets=21 lets the search see all
+    # C(7, 5) = 21 quorums (0, 1 or 2 Byzantine copies in them), as quorum_damage does.
     candidate, fixed = FAMILIES[name]
-    inj = injector(name, {"subsets": 10}, aggregator={"name": rule})
+    inj = injector(name, {"subsets": 21}, aggregator={"name": rule})
     honest = observe_correct(inj)
     sent = attacked(inj)[0].astype(np.float64)
     achieved = quorum_damage(honest, sent, rule)
     plain = {s: quorum_damage(honest, candidate(honest, s), rule) for s in fixed}
-    grid = {s: quorum_damage(honest, candidate(honest, s), rule) for s in np.linspace(0, 10, 21)}
+    grid = {s: quorum_damage(honest, candidate(honest, s), rule) for s in [0.0, *np.geomspace(0.05, 10, 20)]}
     assert achieved >= max(plain.values()) * (1 - 1e-4)  # never weaker than a plain member
     assert achieved == pytest.approx(max({**plain, **grid}.values()), rel=1e-4)  # the best candidate
     assert achieved > min(grid.values())  # the search had something to choose
 
 
 def test_line_search_draws_quorums_when_there_are_too_many_to_try():
-    # Default subsets=8 < C(5, 3) = 10: the damage is averaged over 8 draws from the context's
-    # rng; on those same draws the chosen vector beats every plain IPM.
-    honest = np.random.default_rng(3).normal(size=(5, D))
-    mda = make_aggregator("mda", f=2)
+    # n = 12 senders (9 correct, f = 3), q = 9: C(12, 9) = 220 quorums; with subsets=8 the search
+    # weighs 1, 2 or 3 copies exactly (P = 27/220, 108/220, 84/220; 0 copies: 1/220) and draws
+    # ceil(8 P) correct subsets for each; on those same draws its vector beats every plain IPM.
+    honest = np.random.default_rng(3).normal(size=(9, D)) + 0.3
+    mda = make_aggregator("mda", f=3)
 
     def context():
-        observed = {f"w{i}": honest[i] for i in range(5)}
-        return AttackContext("w5", "ps0", "gradient", 0, np.random.default_rng(0), observed, n=7, f=2, aggregate=mda)
+        observed = {f"w{i}": honest[i] for i in range(9)}
+        return AttackContext("w9", "ps0", "gradient", 0, np.random.default_rng(0), observed, n=12, f=3, aggregate=mda)
 
     attack = ATTACKS.build("optimal-ipm")
     sent = attack(honest[0], context()).astype(np.float64)
-    draws = context()
-    parts = attack.correct_parts(honest, draws)
-    assert len(parts) == 8 and all(part.shape == (3, D) for part in parts)
-    assert len({tuple(map(tuple, p)) for p in parts}) > 1  # not one quorum repeated
+    quorums = attack.quorums(honest, context())
+    by_copies = {c: [(w, part) for w, part, copies in quorums if copies == c] for c in range(4)}
+    assert {c: len(v) for c, v in by_copies.items()} == {0: 1, 1: 1, 2: 4, 3: 4}
+    for c, expected in [(0, 1 / 220), (1, 27 / 220), (2, 108 / 220), (3, 84 / 220)]:
+        assert sum(w for w, _ in by_copies[c]) == pytest.approx(expected)
+        assert all(part.shape == (9 - c, D) for _, part in by_copies[c])
+    assert len({tuple(map(tuple, part)) for _, part in by_copies[2]}) > 1  # not one subset repeated
 
     def damage(vector):
-        copies = np.repeat(vector[None], 2, axis=0)
-        return np.mean(
-            [np.linalg.norm(independent_mda(np.concatenate([p, copies]), 2) - honest.mean(0)) for p in parts]
-        )
+        total = 0.0
+        for weight, part, copies in quorums:
+            output = independent_mda(np.concatenate([part, np.repeat(vector[None], copies, axis=0)]), 3)
+            total += weight * np.linalg.norm(output - honest.mean(0))
+        return total
 
     for eps in FAMILIES["optimal-ipm"][1]:
         assert damage(sent) >= damage(-eps * honest.mean(0)) * (1 - 1e-4)

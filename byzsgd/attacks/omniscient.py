@@ -90,33 +90,57 @@ class Mimic(Omniscient):
         return as_payload(context.observed[sender])
 
 
+Quorum = tuple[float, np.ndarray, int]  # (probability weight, its correct vectors, its Byzantine copies)
+
+
 class LineSearch(Omniscient):
-    """Picks the scale of its family's vector b(s) that hurts what a correct receiver really
-    aggregates: a quorum of q vectors (q = n - f, what ByzSGD's and the parameter server's
-    receivers wait for) holding the f Byzantine copies of b(s) and q - f correct vectors. The
-    damage is the distance of that aggregate from the mean of all correct vectors,
+    """Picks the scale of its family's vector b(s) that hurts most what a correct receiver really
+    aggregates: a quorum of q vectors, q = n - f (what ByzSGD's and the parameter server's
+    receivers wait for), the first q of the n senders to arrive. Arrival order is taken as
+    independent of who sends, so a quorum is a uniformly random q-subset of the m correct
+    vectors and the f Byzantine copies of b(s) (the number of copies in it is hypergeometric).
+    The damage is the expected distance of the rule's output from the mean of the correct vectors,
 
         damage(s) = E_Q || A(Q(s)) - mean(correct) ||,
 
     the quantity robust aggregators' guarantees bound and the objective of Shejwalkar &
-    Houmansadr's aggregator-tailored attacks (NDSS 2021). The expectation is over which correct
-    vectors fill the quorum: every choice when there are at most ``subsets`` of them, else
-    ``subsets`` seeded draws shared by all candidates. The candidates are a grid
-    linspace(0, max_scale, points) plus every fixed scale of the family's plain attack
-    (:attr:`FIXED`, and the family's defaults), so the chosen scale is never weaker on this
-    objective than any plain member of the family. ``quorum`` overrides q (e.g. when fewer than
-    f nodes attack: the injector's f is the number of attackers)."""
+    Houmansadr's aggregator-tailored attacks (NDSS 2021). The expectation is exact over the
+    number of copies c; for each c, over every choice of the q - c correct vectors when there
+    are at most ceil(subsets * P(c)) of them, else that many seeded draws, shared by all
+    candidates. The candidates are 0 and points - 1 scales spaced geometrically from 0.05 to
+    max_scale, plus every fixed scale of the family's plain attack (:attr:`FIXED` and the
+    family's defaults), so the chosen scale is
+    never weaker on this objective than any plain member of the family. ``quorum`` overrides
+    q (the injector's f is the number of attackers, which may be below the declared f)."""
 
     FIXED: tuple[float, ...] = ()
+    OBJECTIVES = ("distance", "descent")
+    COPIES = ("uniform", "random", "all")
 
-    def __init__(self, max_scale: float = 10.0, points: int = 21, quorum: int | None = None, subsets: int = 8) -> None:
-        if max_scale <= 0 or points < 2:
-            raise ValueError(f"need max_scale > 0 and points >= 2, got {max_scale}, {points}")
+    def __init__(
+        self,
+        max_scale: float = 10.0,
+        points: int = 21,
+        quorum: int | None = None,
+        subsets: int = 8,
+        objective: str = "distance",
+        copies: str = "uniform",
+    ) -> None:
+        if copies not in self.COPIES:
+            raise ValueError(f"copies={copies!r} must be one of {', '.join(self.COPIES)}")
+        self.copies = copies
+        if objective not in self.OBJECTIVES:
+            raise ValueError(f"objective={objective!r} must be one of {', '.join(self.OBJECTIVES)}")
+        self.objective = objective
+        if max_scale <= 0.05 or points < 2:
+            raise ValueError(f"need max_scale > 0.05 and points >= 2, got {max_scale}, {points}")
         if quorum is not None and quorum < 1:
             raise ValueError(f"quorum={quorum} must be >= 1")
         if subsets < 1:
             raise ValueError(f"subsets={subsets} must be >= 1")
-        self.grid = np.linspace(0.0, float(max_scale), int(points))
+        # Geometric, with 0: the scale where the rule starts rejecting the copies (a cliff in the
+        # damage) is usually small, where an even grid would be coarse.
+        self.grid = np.concatenate([[0.0], np.geomspace(0.05, float(max_scale), int(points) - 1)])
         self.quorum = quorum
         self.subsets = int(subsets)
 
@@ -127,38 +151,56 @@ class LineSearch(Omniscient):
         """Every scale the search tries: the grid and the family's fixed members."""
         return sorted({float(s) for s in self.grid} | {float(s) for s in self.FIXED})
 
-    def correct_parts(self, sample: np.ndarray, context: AttackContext) -> list[np.ndarray]:
-        """The correct vectors of each quorum the damage is averaged over."""
-        q = self.quorum if self.quorum is not None else context.n - context.f
-        k = min(max(q - context.f, 0), len(sample))
-        total = math.comb(len(sample), k)
-        if total <= self.subsets:
-            return [sample[list(c)] for c in itertools.combinations(range(len(sample)), k)]
-        return [sample[np.sort(context.rng.choice(len(sample), size=k, replace=False))] for _ in range(self.subsets)]
+    def quorums(self, sample: np.ndarray, context: AttackContext) -> list[Quorum]:
+        """The quorums the damage averages over, each with its probability weight."""
+        m, f = len(sample), context.f
+        q = min(self.quorum if self.quorum is not None else context.n - f, m + f)
+        counts = range(max(0, q - m), min(f, q) + 1)
+        if self.copies == "random":
+            total = math.comb(m + f, q)
+            weights = {c: math.comb(f, c) * math.comb(m, q - c) / total for c in counts}
+        elif self.copies == "all":
+            weights = {min(f, q): 1.0}
+        else:  # uniform over 1 .. f (a quorum without copies is the same for every candidate)
+            present = [c for c in counts if c > 0]
+            weights = {c: 1.0 / len(present) for c in present}
+        out: list[Quorum] = []
+        for copies, weight in weights.items():
+            wanted = math.ceil(self.subsets * weight)
+            if math.comb(m, q - copies) <= wanted:
+                chosen = [list(c) for c in itertools.combinations(range(m), q - copies)]
+            else:
+                chosen = [np.sort(context.rng.choice(m, size=q - copies, replace=False)) for _ in range(wanted)]
+            out.extend((weight / len(chosen), sample[c], copies) for c in chosen)
+        return out
 
     def damage(self, sample: np.ndarray, byzantine: np.ndarray, context: AttackContext) -> float:
-        """E_Q ||A(Q) - mean(sample)|| with f copies of ``byzantine`` in every quorum Q."""
-        return self._damage(self.correct_parts(sample, context), sample.mean(0), byzantine, context)
+        """E_Q ||A(Q) - mean(sample)|| with the Byzantine copies of ``byzantine`` in each quorum Q."""
+        return self._damage(self.quorums(sample, context), sample.mean(0), byzantine, context)
 
     def _damage(
-        self, parts: list[np.ndarray], center: np.ndarray, byzantine: np.ndarray, context: AttackContext
+        self, quorums: list[Quorum], center: np.ndarray, byzantine: np.ndarray, context: AttackContext
     ) -> float:
-        copies = np.repeat(byzantine[None], context.f, axis=0)
-        gaps = [
-            np.linalg.norm(np.asarray(context.aggregate(np.concatenate([part, copies])), dtype=np.float64) - center)
-            for part in parts
-        ]
-        return float(np.mean(gaps))
+        total = 0.0
+        direction = center / max(float(np.linalg.norm(center)), 1e-30)
+        for weight, correct, copies in quorums:
+            inputs = np.concatenate([correct, np.repeat(byzantine[None], copies, axis=0)])
+            output = np.asarray(context.aggregate(inputs), dtype=np.float64)
+            if self.objective == "distance":
+                total += weight * float(np.linalg.norm(output - center))
+            else:  # progress lost along the correct mean
+                total += weight * float(direction @ (center - output))
+        return total
 
     def best_scale(self, sample: np.ndarray, context: AttackContext) -> float:
         scales = self.scales(context)
         if context.aggregate is None or context.f < 1:
             return scales[-1]
-        parts, center = self.correct_parts(sample, context), sample.mean(0)
+        quorums, center = self.quorums(sample, context), sample.mean(0)
         best, best_damage = scales[-1], -1.0
         for scale in scales:
             try:
-                damage = self._damage(parts, center, self.candidate(sample, scale), context)
+                damage = self._damage(quorums, center, self.candidate(sample, scale), context)
             except ValueError:  # too few vectors for the rule: no search possible
                 return scales[-1]
             if damage > best_damage:
