@@ -15,6 +15,7 @@ from byzsgd.faults import FaultInjector
 from byzsgd.messages import broadcast
 from byzsgd.models import build_model, set_vector
 from byzsgd.registry import ConfigError
+from byzsgd.runner import run_experiment
 from byzsgd.training import Workload
 from tests.conftest import make_config
 
@@ -346,3 +347,23 @@ def test_every_registered_attack_is_covered_here():
 
 def test_silent_sends_nothing():
     assert attacked(injector("silent")) == [None] * 5
+
+
+@pytest.mark.slow
+def test_optimal_ipm_trains_no_better_than_plain_ipm(tmp_path):
+    # A setting where plain IPM (eps = 0.1) hurts: digits, n_w = 16 with f_w = 5 colluding
+    # workers, MDA, 60 steps (measured: no attack 0.78, ipm 0.62, optimal-ipm 0.52).
+    def accuracy(attack):
+        config = make_config(
+            steps=60,
+            eval_every=60,
+            nodes={"n_w": 16, "f_w": 5},
+            data={"dataset": "digits", "batch_size": 32},  # the defaults (make_config sets 16)
+            model={"name": "mlp"},
+            optimizer={"lr": 0.1},
+            attack={"name": attack},
+            output_dir=str(tmp_path / attack),
+        )
+        return run_experiment(config).rows[-1]["test_acc"]
+
+    assert accuracy("optimal-ipm") <= accuracy("ipm")

@@ -96,22 +96,26 @@ Quorum = tuple[float, np.ndarray, int]  # (probability weight, its correct vecto
 class LineSearch(Omniscient):
     """Picks the scale of its family's vector b(s) that hurts most what a correct receiver really
     aggregates: a quorum of q vectors, q = n - f (what ByzSGD's and the parameter server's
-    receivers wait for), the first q of the n senders to arrive. Arrival order is taken as
-    independent of who sends, so a quorum is a uniformly random q-subset of the m correct
-    vectors and the f Byzantine copies of b(s) (the number of copies in it is hypergeometric).
-    The damage is the expected distance of the rule's output from the mean of the correct vectors,
+    receivers wait for), the first q of the n senders to arrive, holding c Byzantine copies of
+    b(s) and q - c of the m correct vectors. The damage (``objective``) is
 
-        damage(s) = E_Q || A(Q(s)) - mean(correct) ||,
+        distance (default): E_Q || A(Q(s)) - mean(correct) ||,
+        descent:            E_Q < mean(correct) - A(Q(s)), mean(correct) / ||mean(correct)|| >,
 
-    the quantity robust aggregators' guarantees bound and the objective of Shejwalkar &
-    Houmansadr's aggregator-tailored attacks (NDSS 2021). The expectation is exact over the
-    number of copies c; for each c, over every choice of the q - c correct vectors when there
-    are at most ceil(subsets * P(c)) of them, else that many seeded draws, shared by all
-    candidates. The candidates are 0 and points - 1 scales spaced geometrically from 0.05 to
-    max_scale, plus every fixed scale of the family's plain attack (:attr:`FIXED` and the
-    family's defaults), so the chosen scale is
-    never weaker on this objective than any plain member of the family. ``quorum`` overrides
-    q (the injector's f is the number of attackers, which may be below the declared f)."""
+    the first the quantity robust aggregators' guarantees bound and the objective of Shejwalkar
+    & Houmansadr's aggregator-tailored attacks (NDSS 2021), the second the progress lost along
+    the correct direction (Fall of Empires' inner-product criterion).
+
+    How many copies a quorum holds depends on timing the adversary cannot see (it sends after
+    observing the correct vectors, so usually late): ``copies`` = ``uniform`` (default) weighs
+    c = 1 .. f equally; ``random`` takes c hypergeometric (arrival independent of the sender);
+    ``all`` puts all f copies in every quorum. For each c the expectation runs over every
+    choice of the q - c correct vectors when there are at most ceil(subsets * P(c)) of them,
+    else over that many seeded draws, shared by all candidates. The candidates are 0 and
+    points - 1 scales spaced geometrically from 0.05 to max_scale, plus every fixed scale of the
+    family's plain attack (:attr:`FIXED` and the family's defaults), so the chosen scale is
+    never weaker on this objective than any plain member of the family. ``quorum`` overrides q
+    (the injector's f is the number of attackers, which may be below the declared f)."""
 
     FIXED: tuple[float, ...] = ()
     OBJECTIVES = ("distance", "descent")
