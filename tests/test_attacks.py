@@ -179,16 +179,30 @@ def independent_mda(inputs, f):
 RULES = {"median": lambda inputs, f: np.median(inputs, axis=0), "mda": independent_mda}
 
 
-def quorum_damage(honest, byzantine, rule, f=2, q=5):
-    """What a correct server aggregates, independently of the attack code: the first q of the
-    n = len(honest) + f senders, every q-subset equally likely (the f Byzantine ones send
-    ``byzantine``); the mean distance of the rule's output from the correct mean."""
-    senders = np.concatenate([honest, np.repeat(byzantine[None], f, axis=0)])
-    gaps = [
-        np.linalg.norm(RULES[rule](senders[list(chosen)], f) - honest.mean(0))
-        for chosen in itertools.combinations(range(len(senders)), q)
-    ]
-    return float(np.mean(gaps))
+def descent_loss(output, center):
+    """Progress lost along the correct mean (objective: descent)."""
+    return (center - output) @ center / np.linalg.norm(center)
+
+
+def quorum_damage(honest, byzantine, rule, f=2, q=5, copies="uniform", measure=None):
+    """What a correct server aggregates, independently of the attack code: q vectors, c of them
+    Byzantine copies of ``byzantine`` and q - c correct ones (every choice equally likely); the
+    mean distance of the rule's output from the correct mean. ``random``: the quorum is a uniform
+    q-subset of all senders; ``uniform``: c = 1 .. f equally likely."""
+    center = honest.mean(0)
+    measure = measure or (lambda output, center: np.linalg.norm(output - center))
+    if copies == "random":
+        senders = np.concatenate([honest, np.repeat(byzantine[None], f, axis=0)])
+        subsets = itertools.combinations(range(len(senders)), q)
+        return float(np.mean([measure(RULES[rule](senders[list(c)], f), center) for c in subsets]))
+    by_count = []
+    for c in range(1, f + 1):
+        gaps = [
+            measure(RULES[rule](np.concatenate([honest[list(chosen)], [byzantine] * c]), f), center)
+            for chosen in itertools.combinations(range(len(honest)), q - c)
+        ]
+        by_count.append(np.mean(gaps))
+    return float(np.mean(by_count))
 
 
 FAMILIES = {
@@ -198,21 +212,36 @@ FAMILIES = {
 }
 
 
+@pytest.mark.parametrize("copies", ["uniform", "random"])
 @pytest.mark.parametrize("rule", ["median", "mda"])
 @pytest.mark.parametrize("name", list(FAMILIES))
-def test_optimal_attack_hurts_the_servers_quorum_at_least_as_much_as_every_plain_member(name, rule):
-    # n_w = 7, f_w = 2: a server aggregates q = 5 gradients; subsets=21 lets the search see all
-    # C(7, 5) = 21 quorums (0, 1 or 2 Byzantine copies in them), as quorum_damage does.
+def test_optimal_attack_hurts_the_servers_quorum_at_least_as_much_as_every_plain_member(name, rule, copies):
+    # n_w = 7, f_w = 2: a server aggregates q = 5 gradients; subsets=21 lets the search see every
+    # quorum (C(5, 4) = 5 with one copy, C(5, 3) = 10 with two), as quorum_damage does.
     candidate, fixed = FAMILIES[name]
-    inj = injector(name, {"subsets": 21}, aggregator={"name": rule})
+    inj = injector(name, {"subsets": 21, "copies": copies}, aggregator={"name": rule})
     honest = observe_correct(inj)
     sent = attacked(inj)[0].astype(np.float64)
-    achieved = quorum_damage(honest, sent, rule)
-    plain = {s: quorum_damage(honest, candidate(honest, s), rule) for s in fixed}
-    grid = {s: quorum_damage(honest, candidate(honest, s), rule) for s in [0.0, *np.geomspace(0.05, 10, 20)]}
+    achieved = quorum_damage(honest, sent, rule, copies=copies)
+    plain = {s: quorum_damage(honest, candidate(honest, s), rule, copies=copies) for s in fixed}
+    grid = {
+        s: quorum_damage(honest, candidate(honest, s), rule, copies=copies) for s in [0.0, *np.geomspace(0.05, 10, 20)]
+    }
     assert achieved >= max(plain.values()) * (1 - 1e-4)  # never weaker than a plain member
     assert achieved == pytest.approx(max({**plain, **grid}.values()), rel=1e-4)  # the best candidate
     assert achieved > min(grid.values())  # the search had something to choose
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_descent_objective_maximises_the_progress_lost_along_the_correct_mean(name):
+    candidate, fixed = FAMILIES[name]
+    inj = injector(name, {"subsets": 21, "objective": "descent"}, aggregator={"name": "median"})
+    honest = observe_correct(inj)
+    sent = attacked(inj)[0].astype(np.float64)
+    scales = [*fixed, 0.0, *np.geomspace(0.05, 10, 20)]
+    losses = [quorum_damage(honest, candidate(honest, s), "median", measure=descent_loss) for s in scales]
+    achieved = quorum_damage(honest, sent, "median", measure=descent_loss)
+    assert achieved == pytest.approx(max(losses), rel=1e-4, abs=1e-6)
 
 
 def test_line_search_draws_quorums_when_there_are_too_many_to_try():
@@ -226,7 +255,7 @@ def test_line_search_draws_quorums_when_there_are_too_many_to_try():
         observed = {f"w{i}": honest[i] for i in range(9)}
         return AttackContext("w9", "ps0", "gradient", 0, np.random.default_rng(0), observed, n=12, f=3, aggregate=mda)
 
-    attack = ATTACKS.build("optimal-ipm")
+    attack = ATTACKS.build("optimal-ipm", copies="random")
     sent = attack(honest[0], context()).astype(np.float64)
     quorums = attack.quorums(honest, context())
     by_copies = {c: [(w, part) for w, part, copies in quorums if copies == c] for c in range(4)}
@@ -245,8 +274,17 @@ def test_line_search_draws_quorums_when_there_are_too_many_to_try():
 
     for eps in FAMILIES["optimal-ipm"][1]:
         assert damage(sent) >= damage(-eps * honest.mean(0)) * (1 - 1e-4)
+    # The default weighs 1, 2, 3 copies equally and skips quorums without any.
+    weights = {}
+    for weight, _, copies in ATTACKS.build("optimal-ipm").quorums(honest, context()):
+        weights[copies] = weights.get(copies, 0.0) + weight
+    assert weights == pytest.approx({1: 1 / 3, 2: 1 / 3, 3: 1 / 3})
     with pytest.raises(ConfigError, match="subsets=0"):
         injector("optimal-ipm", {"subsets": 0})
+    with pytest.raises(ConfigError, match="copies='some' must be one of uniform, random, all"):
+        injector("optimal-ipm", {"copies": "some"})
+    with pytest.raises(ConfigError, match="objective='harm' must be one of distance, descent"):
+        injector("optimal-alie", {"objective": "harm"})
 
 
 def test_label_flipping_workload_trains_on_c_minus_1_minus_y():
