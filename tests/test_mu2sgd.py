@@ -64,9 +64,8 @@ def test_unweighted_step_rule_drops_alpha_from_the_step_only():
 
 
 def test_unknown_step_rule_is_a_config_error():
-    config = make_config(optimizer={"name": "mu2sgd", "lr": 0.01, "params": {"step_rule": "nesterov"}})
     with pytest.raises(ConfigError, match="step_rule='nesterov' must be one of paper, unweighted"):
-        make_optimizer(config.optimizer)
+        make_config(optimizer={"name": "mu2sgd", "lr": 0.01, "params": {"step_rule": "nesterov"}})
 
 
 @pytest.mark.parametrize("step_rule", ["paper", "unweighted"])
