@@ -219,7 +219,7 @@ def test_optimal_attack_hurts_the_servers_quorum_at_least_as_much_as_every_plain
     # n_w = 7, f_w = 2: a server aggregates q = 5 gradients; subsets=21 lets the search see every
     # quorum (C(5, 4) = 5 with one copy, C(5, 3) = 10 with two), as quorum_damage does.
     candidate, fixed = FAMILIES[name]
-    inj = injector(name, {"subsets": 21, "copies": copies}, aggregator={"name": rule})
+    inj = injector(name, {"subsets": 21, "copies": copies, "objective": "distance"}, aggregator={"name": rule})
     honest = observe_correct(inj)
     sent = attacked(inj)[0].astype(np.float64)
     achieved = quorum_damage(honest, sent, rule, copies=copies)
@@ -235,7 +235,7 @@ def test_optimal_attack_hurts_the_servers_quorum_at_least_as_much_as_every_plain
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_descent_objective_maximises_the_progress_lost_along_the_correct_mean(name):
     candidate, fixed = FAMILIES[name]
-    inj = injector(name, {"subsets": 21, "objective": "descent"}, aggregator={"name": "median"})
+    inj = injector(name, {"subsets": 21}, aggregator={"name": "median"})  # descent: the default
     honest = observe_correct(inj)
     sent = attacked(inj)[0].astype(np.float64)
     scales = [*fixed, 0.0, *np.geomspace(0.05, 10, 20)]
@@ -255,7 +255,7 @@ def test_line_search_draws_quorums_when_there_are_too_many_to_try():
         observed = {f"w{i}": honest[i] for i in range(9)}
         return AttackContext("w9", "ps0", "gradient", 0, np.random.default_rng(0), observed, n=12, f=3, aggregate=mda)
 
-    attack = ATTACKS.build("optimal-ipm", copies="random")
+    attack = ATTACKS.build("optimal-ipm", copies="random", objective="distance")
     sent = attack(honest[0], context()).astype(np.float64)
     quorums = attack.quorums(honest, context())
     by_copies = {c: [(w, part) for w, part, copies in quorums if copies == c] for c in range(4)}

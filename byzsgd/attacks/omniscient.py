@@ -99,12 +99,16 @@ class LineSearch(Omniscient):
     receivers wait for), the first q of the n senders to arrive, holding c Byzantine copies of
     b(s) and q - c of the m correct vectors. The damage (``objective``) is
 
-        distance (default): E_Q || A(Q(s)) - mean(correct) ||,
-        descent:            E_Q < mean(correct) - A(Q(s)), mean(correct) / ||mean(correct)|| >,
+        descent (default): E_Q < mean(correct) - A(Q(s)), mean(correct) / ||mean(correct)|| >,
+        distance:          E_Q || A(Q(s)) - mean(correct) ||,
 
-    the first the quantity robust aggregators' guarantees bound and the objective of Shejwalkar
-    & Houmansadr's aggregator-tailored attacks (NDSS 2021), the second the progress lost along
-    the correct direction (Fall of Empires' inner-product criterion).
+    the first the progress lost along the correct direction (Fall of Empires' inner-product
+    criterion), the second the quantity robust aggregators' guarantees bound and the objective
+    of Shejwalkar & Houmansadr's aggregator-tailored attacks (NDSS 2021). Descent is the
+    default because distance also counts the rule's own variance as damage: Krum outputs one
+    correct gradient, far from the mean yet harmless on average, so a distance search prefers
+    scales the rule rejects (measured: against Krum, distance-optimal IPM 0.858 accuracy where
+    plain eps = 0.1 gave 0.116).
 
     How many copies a quorum holds depends on timing the adversary cannot see (it sends after
     observing the correct vectors, so usually late): ``copies`` = ``uniform`` (default) weighs
@@ -127,7 +131,7 @@ class LineSearch(Omniscient):
         points: int = 21,
         quorum: int | None = None,
         subsets: int = 8,
-        objective: str = "distance",
+        objective: str = "descent",
         copies: str = "uniform",
     ) -> None:
         if copies not in self.COPIES:
