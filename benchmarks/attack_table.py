@@ -72,7 +72,7 @@ def cell(accuracy: float | str | None) -> str:
 def run_one(job: tuple[str, str, dict, str, dict, str, int]) -> float | str | None:
     import torch
 
-    from byzsgd.config import config_from_dict
+    from byzsgd.experiment import config_from_dict
     from byzsgd.registry import ConfigError
     from byzsgd.runner import run_experiment
     from byzsgd.runtime.local import StalledError

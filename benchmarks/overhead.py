@@ -85,7 +85,7 @@ def cpu_used(before: dict[int, tuple[bytes, int]], after: dict[int, tuple[bytes,
 def run_one(
     name: str, section: dict[str, Any], args: argparse.Namespace, actors: int | None, out: Path
 ) -> dict[str, Any] | None:
-    from byzsgd.config import config_from_dict
+    from byzsgd.experiment import config_from_dict
     from byzsgd.protocols import PROTOCOLS
     from byzsgd.registry import ConfigError
     from byzsgd.runner import run_experiment

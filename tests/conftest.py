@@ -6,7 +6,7 @@ import torch
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 torch.set_num_threads(1)
 
-from byzsgd.config import config_from_dict  # noqa: E402
+from byzsgd.experiment import config_from_dict  # noqa: E402
 
 
 def make_config(**sections):

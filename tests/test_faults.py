@@ -6,6 +6,7 @@ import pytest
 
 from byzsgd import faults
 from byzsgd.attacks import FlippedLabels
+from byzsgd.experiment import assemble
 from byzsgd.faults import FaultInjector
 from byzsgd.messages import broadcast
 from byzsgd.metrics import Monitor
@@ -85,7 +86,7 @@ def test_drop_loses_about_p_of_the_faulty_nodes_messages():
 def network(**net):
     config = make_config(network=net, attack={"name": "slow", "params": {"delay": 10.0}, "ids": [0]})
     injector = FaultInjector(config)
-    return local.Network({}, injector, config, Monitor(Workload(config), [], 1))
+    return local.Network({}, injector, assemble(config), Monitor(Workload(config), [], 1))
 
 
 def delivery(net):

@@ -15,6 +15,7 @@ from statistics import NormalDist
 import numpy as np
 
 from byzsgd.attacks.base import ATTACKS, Attack, AttackContext, as_payload
+from byzsgd.nodes import node_index
 
 ALIE_Z_FORMULAS = ("honest", "paper")
 
@@ -85,7 +86,7 @@ class Mimic(Omniscient):
     def __call__(self, honest: np.ndarray, context: AttackContext) -> np.ndarray | None:
         if not context.observed:
             return honest
-        chosen = [s for s in context.observed if self.target is not None and s.lstrip("psw") == str(self.target)]
+        chosen = [s for s in context.observed if self.target is not None and node_index(s) == self.target]
         sender = chosen[0] if chosen else min(context.observed, key=lambda s: (len(s), s))
         return as_payload(context.observed[sender])
 
