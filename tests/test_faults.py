@@ -143,3 +143,27 @@ def test_rotating_byzantine_workers_are_tolerated():
 def test_bad_fault_settings_are_clear_errors(sections, message):
     with pytest.raises(ConfigError, match=message):
         make_config(**sections)
+
+
+@pytest.mark.parametrize(
+    "sections, quorum",
+    [
+        ({"attack": {"name": "optimal-ipm", "count": 1}}, 5),  # n_w - declared f_w, not n_w - attackers
+        (
+            {
+                "protocol": "ps",
+                "nodes": {"n_ps": 1, "f_ps": 0, "n_w": 17, "f_w": 8},
+                "aggregator": {"name": "ctma", "params": {"base": "median"}},
+                "attack": {"name": "optimal-ipm"},
+                "server_attack": {"name": "none"},
+                "ps": {"wait": "all"},
+            },
+            17,
+        ),
+    ],
+)
+def test_an_optimal_attack_searches_against_the_quorum_a_correct_server_aggregates(sections, quorum):
+    injector = FaultInjector(make_config(**sections))
+    attacker = injector.workers.roster.fixed[0]
+    message = broadcast(attacker, ["ps0"], "gradient", 0, np.zeros(3, np.float32))[0]
+    assert injector._context(message, injector.workers).quorum == quorum

@@ -96,8 +96,8 @@ Quorum = tuple[float, np.ndarray, int]  # (probability weight, its correct vecto
 
 class LineSearch(Omniscient):
     """Picks the scale of its family's vector b(s) that hurts most what a correct receiver really
-    aggregates: a quorum of q vectors, q = n - f (what ByzSGD's and the parameter server's
-    receivers wait for), the first q of the n senders to arrive, holding c Byzantine copies of
+    aggregates: a quorum of q vectors, q as the protocol's servers wait for (n_w - f_w with the
+    declared f_w for ByzSGD and the parameter server; n_w under ``ps.wait: all``), the first q of the n senders to arrive, holding c Byzantine copies of
     b(s) and q - c of the m correct vectors. The damage (``objective``) is
 
         descent (default): E_Q < mean(correct) - A(Q(s)), mean(correct) / ||mean(correct)|| >,
@@ -120,7 +120,8 @@ class LineSearch(Omniscient):
     points - 1 scales spaced geometrically from 0.05 to max_scale, plus every fixed scale of the
     family's plain attack (:attr:`FIXED` and the family's defaults), so the chosen scale is
     never weaker on this objective than any plain member of the family. ``quorum`` overrides q
-    (the injector's f is the number of attackers, which may be below the declared f)."""
+    (by default the injector passes the protocol's quorum; the number of attackers may be below
+    the declared f, which sets the quorum)."""
 
     FIXED: tuple[float, ...] = ()
     OBJECTIVES = ("distance", "descent")
@@ -163,7 +164,8 @@ class LineSearch(Omniscient):
     def quorums(self, sample: np.ndarray, context: AttackContext) -> list[Quorum]:
         """The quorums the damage averages over, each with its probability weight."""
         m, f = len(sample), context.f
-        q = min(self.quorum if self.quorum is not None else context.n - f, m + f)
+        default = context.quorum or context.n - f
+        q = min(self.quorum if self.quorum is not None else default, m + f)
         counts = range(max(0, q - m), min(f, q) + 1)
         if self.copies == "random":
             total = math.comb(m + f, q)

@@ -110,6 +110,11 @@ class Protocol:
     def make_node(self, config: ExperimentConfig, node_id: str, workload: Workload) -> Node:
         raise NotImplementedError
 
+    def gradient_quorum(self, config: ExperimentConfig) -> int:
+        """How many gradients a correct server aggregates per step: the first n_w - f_w by
+        default. An optimal attack searches its scale against a quorum of this size."""
+        return config.nodes.n_w - config.nodes.f_w
+
     def worst_case_workers(self, config: ExperimentConfig, count: int) -> list[int] | None:
         """Worker indices an omniscient adversary would corrupt (used when ``attack.ids`` is
         not given), or None to let the fault injector draw them at random."""
