@@ -97,7 +97,8 @@ Quorum = tuple[float, np.ndarray, int]  # (probability weight, its correct vecto
 class LineSearch(Omniscient):
     """Picks the scale of its family's vector b(s) that hurts most what a correct receiver really
     aggregates: a quorum of q vectors, q as the protocol's servers wait for (n_w - f_w with the
-    declared f_w for ByzSGD and the parameter server; n_w under ``ps.wait: all``), the first q of the n senders to arrive, holding c Byzantine copies of
+    declared f_w for ByzSGD and the parameter server; n_w under ``ps.wait: all``), the first q
+    of the n senders to arrive, holding c Byzantine copies of
     b(s) and q - c of the m correct vectors. The damage (``objective``) is
 
         descent (default): E_Q < mean(correct) - A(Q(s)), mean(correct) / ||mean(correct)|| >,
