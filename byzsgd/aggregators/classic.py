@@ -17,19 +17,50 @@ from byzsgd.aggregators.base import (
     on_numpy,
     register,
 )
-from byzsgd.aggregators.distances import gram
+from byzsgd.aggregators.distances import exact_gram
 from byzsgd.registry import ConfigError
 
 
 def _sorted_rows(a: np.ndarray) -> list[np.ndarray]:
-    """The rows of `a` sorted column-wise, by odd-even transposition (n rounds of compare-exchange)."""
+    """The rows of `a` sorted column-wise, by odd-even transposition (n rounds of compare-exchange).
+
+    Works on one copy of `a` and one spare row: no array is allocated per compare-exchange."""
     # Whole-row minimum/maximum run at memory speed: for a few rows, far faster than np.partition.
-    rows = list(a)
+    work = a.copy()
+    rows = list(work)
+    spare = np.empty_like(rows[0])
     n = len(rows)
     for r in range(n):
         for i in range(r % 2, n - 1, 2):
-            rows[i], rows[i + 1] = np.minimum(rows[i], rows[i + 1]), np.maximum(rows[i], rows[i + 1])
+            low, high = rows[i], rows[i + 1]
+            np.minimum(low, high, out=spare)
+            np.maximum(low, high, out=high)
+            rows[i], spare = spare, low
     return rows
+
+
+def _middle_of_few(a: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Rows (n-1)//2 and n//2 of `a` sorted column-wise for n = 3 or 4, by a selection network
+    (4 and 6 whole-row minimum/maximum); None for other n. Fresh arrays, never views of `a`."""
+    n = a.shape[0]
+    if n == 3:
+        low = np.minimum(a[0], a[1])
+        high = np.maximum(a[0], a[1])
+        np.minimum(high, a[2], out=high)
+        np.maximum(low, high, out=low)
+        return low, low
+    if n == 4:
+        # The middle two of {a, b, c, d} are max(min(a, b), min(c, d)) and min(max(a, b), max(c, d)).
+        low, high = np.minimum(a[0], a[1]), np.maximum(a[0], a[1])
+        spare = np.minimum(a[2], a[3])
+        np.maximum(low, spare, out=low)
+        np.maximum(a[2], a[3], out=spare)
+        np.minimum(high, spare, out=high)
+        # The two middle values of a column, in order.
+        np.minimum(low, high, out=spare)
+        np.maximum(low, high, out=high)
+        return spare, high
+    return None
 
 
 def _middle_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -37,11 +68,14 @@ def _middle_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n, d = a.shape
     lo, hi = (n - 1) // 2, n // 2
     # The network's Python overhead grows as n^2: it wins for n <= 12 once rows are long enough.
-    if 1 < n <= 12 and d >= 32 * n * (n - 1):
-        rows = _sorted_rows(a)
-        # minimum/maximum spread a NaN through its whole column (n rounds reach every row), so a
-        # NaN in the input shows in the middle row; then partition, which sorts NaN last.
-        if not np.isnan(rows[hi]).any():
+    few = _middle_of_few(a)
+    if few is not None or (1 < n <= 12 and d >= 32 * n * (n - 1)):
+        rows = _sorted_rows(a) if few is None else [few[0]] * (lo + 1) + [few[1]] * (n - lo - 1)
+        # minimum/maximum spread a NaN through the column to the middle rows (n rounds of the
+        # transposition network reach every row; the selection networks take every input into
+        # both outputs), so a NaN in the input shows there; then partition, which sorts NaN last.
+        # A row sum is NaN when the row holds one (or +Inf and -Inf: partition settles that too).
+        if not (np.isnan(rows[hi].sum()) or np.isnan(rows[lo].sum())):
             return rows[lo], rows[hi]
     # One kth: numpy's multi-kth partition is several times slower. Everything left of the
     # upper middle value is no larger, so the lower middle value is their maximum.
@@ -54,11 +88,17 @@ def _median(x: torch.Tensor) -> torch.Tensor:
     n = x.shape[0]
     lo, hi = (n - 1) // 2, n // 2
     if on_numpy(x):
-        low, high = (torch.from_numpy(row) for row in _middle_rows(x.numpy()))
-    else:
-        ordered = torch.sort(x, dim=0).values
-        low, high = ordered[lo], ordered[hi]
-    # Halving each middle value first cannot overflow, unlike (low + high) / 2.
+        low, high = _middle_rows(x.numpy())
+        if lo == hi:
+            return torch.from_numpy(low)
+        # Both rows are fresh arrays (never views of the input): combine them in place. Halving
+        # each middle value first cannot overflow, unlike (low + high) / 2.
+        low = np.multiply(low, 0.5, out=low if low.flags.writeable and low.base is None else None)
+        high = np.multiply(high, 0.5, out=high if high.flags.writeable and high.base is None else None)
+        low += high
+        return torch.from_numpy(low)
+    ordered = torch.sort(x, dim=0).values
+    low, high = ordered[lo], ordered[hi]
     return low if lo == hi else low / 2 + high / 2
 
 
@@ -192,7 +232,7 @@ class GeometricMedian(Aggregator):
     def weights(self, x: torch.Tensor) -> np.ndarray:
         """The convex weights alpha with geometric median = alpha @ x."""
         n = x.shape[0]
-        g = gram(x)
+        g = exact_gram(x)
         sq = np.diag(g)
         alpha = np.full(n, 1.0 / n)
 
