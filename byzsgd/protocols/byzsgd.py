@@ -93,7 +93,7 @@ class ByzSGDServer(ServerNode):
                 if models is None:
                     break
                 self.inbox.advance("gather", self.step + 1)
-                stacked = torch.cat([self.vector[None], stack_payloads(models, self.vector.device)])
+                stacked = stack_payloads([self.vector, *models], self.vector.device)
                 self.vector = self.model_rule(stacked)
                 self.gathering = False
                 self.report()
