@@ -214,11 +214,17 @@ class MeaMed(Aggregator):
 class GeometricMedian(Aggregator):
     """Geometric median by smoothed Weiszfeld (Pillutla et al., RFA), run to convergence.
 
-    Iterates z <- sum_i w_i x_i / sum_i w_i with w_i = 1 / max(eps * s, ||x_i - z||), starting
-    from the mean; s is the root-mean-square distance to the mean, so `eps` is scale-free. Every
+    Iterates z <- sum_i w_i x_i / sum_i w_i with w_i = 1 / max(eps * s, ||x_i - z||). Every
     iterate is an affine combination of the inputs, so the loop runs on the n x n Gram matrix
     alone (O(n^2) per iteration, whatever d): the vectors are read twice in total. Stops when
-    an iterate moves less than `tol * s`, or after `max_iter` iterations."""
+    an iterate moves less than `tol * s`, or after `max_iter` iterations.
+
+    Start and scale are robust (our choice; RFA starts from the mean with an absolute smoothing
+    floor): the start row is the one whose (n-f-1)-th nearest other row is nearest, s is that
+    distance, and the first iterate is the mean of its n-f nearest rows. With at most f
+    Byzantine rows among n >= 2f+1, s is bounded by the honest rows' diameter whatever the
+    Byzantine rows hold, so they cannot inflate the smoothing floor or the stopping tolerance:
+    moving them further out (1e6 -> 1e30) leaves the result where it was."""
 
     bound = (2, 1)
 
@@ -231,20 +237,27 @@ class GeometricMedian(Aggregator):
             )
         self.tol, self.max_iter, self.eps = float(tol), int(max_iter), float(eps)
 
-    def weights(self, x: torch.Tensor) -> np.ndarray:
-        """The convex weights alpha with geometric median = alpha @ x."""
+    def weights(self, x: torch.Tensor, f: int | None = None) -> np.ndarray:
+        """The convex weights alpha with geometric median = alpha @ x (`f`: the rule's f)."""
         n = x.shape[0]
+        f = self.f if f is None else min(f, (n - 1) // 2)
         g = exact_gram(x)
         sq = np.diag(g)
-        alpha = np.full(n, 1.0 / n)
+        pairwise = np.maximum(sq[:, None] + sq[None, :] - 2.0 * g, 0.0)
+        # Column n-f-1 of each sorted row (column 0 is the row itself): every row has n-f-1
+        # honest others, so for an honest row this is at most the honest diameter.
+        reach = np.sort(pairwise, axis=1)[:, n - f - 1]
+        start = int(np.argmin(reach))
+        spread = float(np.sqrt(reach[start]))
+        alpha = np.zeros(n)
+        alpha[np.argsort(pairwise[start], kind="stable")[: n - f]] = 1.0 / (n - f)
+        if spread == 0.0:
+            return alpha  # n-f rows coincide: that point is the geometric median
 
         def sq_dist(a: np.ndarray) -> np.ndarray:
             # ||x_i - a @ x||^2 from the Gram matrix alone.
             return np.maximum(sq - 2.0 * (g @ a) + a @ g @ a, 0.0)
 
-        spread = float(np.sqrt(np.mean(sq_dist(alpha))))
-        if spread == 0.0:
-            return alpha
         floor = self.eps * spread
         for _ in range(self.max_iter):
             w = 1.0 / np.maximum(np.sqrt(sq_dist(alpha)), floor)
@@ -257,7 +270,7 @@ class GeometricMedian(Aggregator):
 
     def _aggregate(self, x: torch.Tensor, f: int) -> torch.Tensor:
         work = _work_dtype(x)
-        alpha = torch.from_numpy(self.weights(x)).to(device=x.device, dtype=work)
+        alpha = torch.from_numpy(self.weights(x, f)).to(device=x.device, dtype=work)
         return alpha @ x.to(work)
 
 
