@@ -20,64 +20,74 @@ from byzsgd.aggregators.base import (
 from byzsgd.aggregators.distances import exact_gram
 from byzsgd.registry import ConfigError
 
-
-def _sorted_rows(a: np.ndarray) -> list[np.ndarray]:
-    """The rows of `a` sorted column-wise, by odd-even transposition (n rounds of compare-exchange).
-
-    Works on one copy of `a` and one spare row: no array is allocated per compare-exchange."""
-    # Whole-row minimum/maximum run at memory speed: for a few rows, far faster than np.partition.
-    work = a.copy()
-    rows = list(work)
-    spare = np.empty_like(rows[0])
-    n = len(rows)
-    for r in range(n):
-        for i in range(r % 2, n - 1, 2):
-            low, high = rows[i], rows[i + 1]
-            np.minimum(low, high, out=spare)
-            np.maximum(low, high, out=high)
-            rows[i], spare = spare, low
-    return rows
+# Columns per chunk of the median networks: the rows' chunks and the network's temporaries stay
+# in cache, so the rows are read once and the median written once (measured: a 4-row median at
+# d = 1.6M in ~3 ms against ~5.5 ms for the same network on whole rows).
+_CHUNK = 1 << 16
 
 
-def _middle_of_few(a: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """Rows (n-1)//2 and n//2 of `a` sorted column-wise for n = 3 or 4, by a selection network
-    (4 and 6 whole-row minimum/maximum); None for other n. Fresh arrays, never views of `a`."""
-    n = a.shape[0]
-    if n == 3:
-        low = np.minimum(a[0], a[1])
-        high = np.maximum(a[0], a[1])
-        np.minimum(high, a[2], out=high)
-        np.maximum(low, high, out=low)
-        return low, low
-    if n == 4:
-        # The middle two of {a, b, c, d} are max(min(a, b), min(c, d)) and min(max(a, b), max(c, d)).
-        low, high = np.minimum(a[0], a[1]), np.maximum(a[0], a[1])
-        spare = np.minimum(a[2], a[3])
-        np.maximum(low, spare, out=low)
-        np.maximum(a[2], a[3], out=spare)
-        np.minimum(high, spare, out=high)
-        # The two middle values of a column, in order.
-        np.minimum(low, high, out=spare)
-        np.maximum(low, high, out=high)
-        return spare, high
-    return None
-
-
-def _middle_rows(a: np.ndarray, finite: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Rows (n-1)//2 and n//2 of `a` sorted column-wise, NaN sorting above +Inf (`finite`: the
-    caller vouches that `a` holds no NaN, which saves the check)."""
+def _network_median(a: np.ndarray, finite: bool) -> np.ndarray | None:
+    """The column-wise median of the 2..12 rows of `a` by whole-row minimum/maximum, chunk by
+    chunk: a selection network for 3 and 4 rows (4 and 6 compare-exchanges), odd-even
+    transposition otherwise. None when a NaN is present (minimum/maximum spread it to the middle
+    rows: the 3- and 4-row networks take every input into them, n rounds of transposition reach
+    every row), unless `finite` rules that out; the caller then partitions, which sorts NaN last."""
     n, d = a.shape
     lo, hi = (n - 1) // 2, n // 2
-    # The network's Python overhead grows as n^2: it wins for n <= 12 once rows are long enough.
-    few = _middle_of_few(a)
-    if few is not None or (1 < n <= 12 and d >= 32 * n * (n - 1)):
-        rows = _sorted_rows(a) if few is None else [few[0]] * (lo + 1) + [few[1]] * (n - lo - 1)
-        # minimum/maximum spread a NaN through the column to the middle rows (n rounds of the
-        # transposition network reach every row; the selection networks take every input into
-        # both outputs), so a NaN in the input shows there; then partition, which sorts NaN last.
-        # A row sum is NaN when the row holds one (or +Inf and -Inf: partition settles that too).
-        if finite or not (np.isnan(rows[hi].sum()) or np.isnan(rows[lo].sum())):
-            return rows[lo], rows[hi]
+    out = np.empty(d, a.dtype)
+    width = min(_CHUNK, d)
+    work = np.empty((n, width), a.dtype) if n > 4 else None
+    other, spare = np.empty(width, a.dtype), np.empty(width, a.dtype)
+    for start in range(0, d, _CHUNK):
+        stop = min(start + _CHUNK, d)
+        rows, low, high, t = a[:, start:stop], out[start:stop], other[: stop - start], spare[: stop - start]
+        if n == 2:
+            low[...], high[...] = rows[0], rows[1]
+        elif n == 3:
+            np.minimum(rows[0], rows[1], out=low)
+            np.maximum(rows[0], rows[1], out=high)
+            np.minimum(high, rows[2], out=high)
+            np.maximum(low, high, out=low)
+            if not finite and np.isnan(low).any():
+                return None
+            continue
+        elif n == 4:
+            # The middle two of {a, b, c, d} are max(min(a, b), min(c, d)) and min(max(a, b), max(c, d)).
+            np.minimum(rows[0], rows[1], out=low)
+            np.maximum(rows[0], rows[1], out=high)
+            np.minimum(rows[2], rows[3], out=t)
+            np.maximum(low, t, out=low)
+            np.maximum(rows[2], rows[3], out=t)
+            np.minimum(high, t, out=high)
+        else:
+            block = work[:, : stop - start]
+            np.copyto(block, rows)
+            ordered = list(block)
+            for r in range(n):
+                for i in range(r % 2, n - 1, 2):
+                    first, second = ordered[i], ordered[i + 1]
+                    np.minimum(first, second, out=t)
+                    np.maximum(first, second, out=second)
+                    ordered[i], t = t, first
+            low[...] = ordered[lo]
+            if lo == hi:
+                if not finite and np.isnan(low).any():
+                    return None
+                continue
+            high[...] = ordered[hi]
+        if not finite and (np.isnan(low).any() or np.isnan(high).any()):
+            return None
+        # Halving each middle value first cannot overflow, unlike (low + high) / 2.
+        np.multiply(low, 0.5, out=low)
+        np.multiply(high, 0.5, out=high)
+        np.add(low, high, out=low)
+    return out
+
+
+def _middle_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows (n-1)//2 and n//2 of `a` sorted column-wise, NaN sorting above +Inf."""
+    n, d = a.shape
+    lo, hi = (n - 1) // 2, n // 2
     # One kth: numpy's multi-kth partition is several times slower. Everything left of the
     # upper middle value is no larger, so the lower middle value is their maximum.
     part = np.partition(a, hi, axis=0)
@@ -87,18 +97,18 @@ def _middle_rows(a: np.ndarray, finite: bool = False) -> tuple[np.ndarray, np.nd
 def _median(x: torch.Tensor, finite: bool = False) -> torch.Tensor:
     """Coordinate-wise median; NaN sorts above +Inf, so a NaN entry counts as the largest.
     `finite`: the rows are known to hold no NaN (the rules' rows: non-finite ones are dropped)."""
-    n = x.shape[0]
+    n, d = x.shape
     lo, hi = (n - 1) // 2, n // 2
     if on_numpy(x):
-        low, high = _middle_rows(x.numpy(), finite)
-        if lo == hi:
-            return torch.from_numpy(low)
-        # Both rows are fresh arrays (never views of the input): combine them in place. Halving
-        # each middle value first cannot overflow, unlike (low + high) / 2.
-        low = np.multiply(low, 0.5, out=low if low.flags.writeable and low.base is None else None)
-        high = np.multiply(high, 0.5, out=high if high.flags.writeable and high.base is None else None)
-        low += high
-        return torch.from_numpy(low)
+        a = x.numpy()
+        # The transposition network's Python steps grow as n^2: it wins for n <= 12 once rows
+        # are long enough; the 2-4 row networks always do.
+        if 1 < n and (n <= 4 or (n <= 12 and d >= 32 * n * (n - 1))):
+            median = _network_median(a, finite)
+            if median is not None:
+                return torch.from_numpy(median)
+        low, high = _middle_rows(a)
+        return torch.from_numpy(low if lo == hi else low / 2 + high / 2)
     ordered = torch.sort(x, dim=0).values
     low, high = ordered[lo], ordered[hi]
     return low if lo == hi else low / 2 + high / 2
