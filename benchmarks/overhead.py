@@ -213,9 +213,9 @@ def run_local(name: str, section: dict[str, Any], args: argparse.Namespace, out:
 
     def on_row(row: dict[str, Any]) -> None:
         if row["step"] == 0:
-            marks["start"] = (time.process_time(), time.perf_counter(), Counter(base.copied_bytes))
+            marks["start"] = (time.process_time(), time.perf_counter(), Counter(getattr(base, "copied_bytes", {})))
         if row["step"] == config.steps:
-            marks["end"] = (time.process_time(), time.perf_counter(), Counter(base.copied_bytes))
+            marks["end"] = (time.process_time(), time.perf_counter(), Counter(getattr(base, "copied_bytes", {})))
 
     metrics.Monitor._write = timed_write
     try:
