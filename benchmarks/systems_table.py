@@ -4,9 +4,13 @@
 
 One setting for all rows: digits, MLP (64 hidden), n_w=15 workers of which f_w=2 Byzantine
 (through the fault injector, DETOX/ByzShield's worst-case set), seed 0, correct servers.
-ByzSGD runs 5 servers tolerating f_ps=1, the others one parameter server. Columns: final test
-accuracy, steps per second of wall clock (one torch thread per run), bytes of one worker
-message and worker gradients computed per step. Prints a markdown table; --json writes rows.
+ByzSGD runs 5 servers tolerating f_ps=1, the others one parameter server. Every system trains
+on the same global batch: data.batch_size=480 samples per step, split over the distinct
+mini-batches the system draws (data.batch_accounting=per_step; --batch-accounting per_worker
+gives each mini-batch 32 samples instead, so redundant systems see fewer samples per step).
+Columns: final test accuracy, steps per second of wall clock (one torch thread per run), bytes
+of one worker message, worker gradients computed per step and samples used per step. Prints a
+markdown table; --json writes rows.
 """
 
 from __future__ import annotations
@@ -47,7 +51,10 @@ ATTACKS: dict[str, dict[str, Any]] = {
 }
 
 
-def experiment(system: str, attack: str, steps: int) -> dict[str, Any]:
+BATCH = {"per_step": 480, "per_worker": 32}  # the same global batch for ps: 15 workers x 32
+
+
+def experiment(system: str, attack: str, steps: int, accounting: str = "per_step") -> dict[str, Any]:
     data: dict[str, Any] = {
         "name": "systems",
         "seed": 0,
@@ -56,7 +63,7 @@ def experiment(system: str, attack: str, steps: int) -> dict[str, Any]:
         "eval_every": steps,
         "device": "cpu",
         "nodes": {"n_ps": 1, "f_ps": 0, "n_w": 15, "f_w": 2},
-        "data": {"dataset": "digits", "batch_size": 32},
+        "data": {"dataset": "digits", "batch_size": BATCH[accounting], "batch_accounting": accounting},
         "model": {"name": "mlp", "hidden": 64},
         "optimizer": {"name": "sgd", "lr": 0.1},
         "aggregator": {"name": "mda"},
@@ -68,15 +75,15 @@ def experiment(system: str, attack: str, steps: int) -> dict[str, Any]:
     return data
 
 
-def run_one(job: tuple[str, str, int]) -> dict[str, Any]:
+def run_one(job: tuple[str, str, int, str]) -> dict[str, Any]:
     import torch
 
     from byzsgd.config import config_from_dict
     from byzsgd.runner import run_experiment
 
     torch.set_num_threads(1)
-    system, attack, steps = job
-    config = config_from_dict(experiment(system, attack, steps))
+    system, attack, steps, accounting = job
+    config = config_from_dict(experiment(system, attack, steps, accounting))
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
         result = run_experiment(config, run_dir=folder)
@@ -90,6 +97,7 @@ def run_one(job: tuple[str, str, int]) -> dict[str, Any]:
         "steps_per_s": steps / elapsed,
         "worker_message_bytes": message_bytes(config),
         "gradients_per_step": gradients_per_step(config, workers),
+        "samples_per_step": samples_per_step(config),
     }
 
 
@@ -119,24 +127,40 @@ def gradients_per_step(config: Any, workers: int) -> int:
     return sum(len(scheme.partitions_of(w)) for w in range(workers))
 
 
+def samples_per_step(config: Any) -> int:
+    """Samples a step draws: one mini-batch per worker, or per partition for the coded systems
+    (replicas of a partition draw the same batch)."""
+    from byzsgd.data import batch_size_of
+    from byzsgd.protocols import PROTOCOLS
+    from byzsgd.protocols.coded import CodedProtocol
+
+    protocol = PROTOCOLS[config.protocol]
+    count = config.nodes.n_w
+    if isinstance(protocol, CodedProtocol):
+        count = protocol.make_scheme(config, 2).num_partitions
+    return sum(batch_size_of(config.data, index, count) for index in range(count))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--attacks", nargs="+", default=["signflip", "alie"], choices=sorted(ATTACKS))
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS), metavar="SYSTEM")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--batch-accounting", choices=sorted(BATCH), default="per_step")
     parser.add_argument("--json", help="write the rows to this file")
     args = parser.parse_args()
-    jobs = [(system, attack, args.steps) for system in args.systems for attack in args.attacks]
+    jobs = [(s, attack, args.steps, args.batch_accounting) for s in args.systems for attack in args.attacks]
     with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
         rows = pool.map(run_one, jobs, chunksize=1)
-    print(f"digits, MLP, n_w=15, f_w=2, {args.steps} steps, local runtime, seed 0\n")
-    print("| system | attack | test acc | steps/s | worker msg bytes | gradients/step |")
-    print("|---|---|---:|---:|---:|---:|")
+    batch = f"batch_size={BATCH[args.batch_accounting]} {args.batch_accounting}"
+    print(f"digits, MLP, n_w=15, f_w=2, {batch}, {args.steps} steps, local runtime, seed 0\n")
+    print("| system | attack | test acc | steps/s | worker msg bytes | gradients/step | samples/step |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for row in rows:
         print(
             f"| {row['system']} | {row['attack']} | {row['test_acc']:.3f} | {row['steps_per_s']:.1f} "
-            f"| {row['worker_message_bytes']} | {row['gradients_per_step']} |"
+            f"| {row['worker_message_bytes']} | {row['gradients_per_step']} | {row['samples_per_step']} |"
         )
     if args.json:
         with open(args.json, "w") as handle:

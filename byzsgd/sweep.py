@@ -49,8 +49,16 @@ from typing import Any
 
 import yaml
 
-from byzsgd.config import ExperimentConfig, apply_override, config_from_dict, read_yaml_mapping, set_dotted
+from byzsgd.config import (
+    ExperimentConfig,
+    apply_override,
+    config_from_dict,
+    default_config_dict,
+    read_yaml_mapping,
+    set_dotted,
+)
 from byzsgd.registry import ConfigError
+from byzsgd.storage import resolve_output
 
 SWEEP_SECTION = "sweep"
 RESULTS_FILE = "results.csv"
@@ -93,8 +101,9 @@ class SweepPlan:
 def load_sweep(
     path: str | Path, overrides: list[str] | tuple[str, ...] = (), out_dir: str | Path | None = None
 ) -> SweepPlan:
-    """Read a sweep file, apply ``key=value`` overrides to its base, and expand it."""
-    return expand_sweep(read_yaml_mapping(path, "sweep file"), overrides, out_dir)
+    """Read a sweep file, layer its keys over the embedded default (as ``byzsgd run`` does with an
+    experiment file), apply ``key=value`` overrides to that base, and expand it."""
+    return expand_sweep({**default_config_dict(), **read_yaml_mapping(path, "sweep file")}, overrides, out_dir)
 
 
 def expand_sweep(
@@ -116,8 +125,7 @@ def expand_sweep(
     for key, value in (("name", name), ("output_dir", output_dir)):
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{key}: expected a non-empty string, got {value!r}")
-    if out_dir is None:
-        out_dir = Path(output_dir) / name
+    out_dir = resolve_output(out_dir if out_dir is not None else Path(output_dir) / name)
 
     swept = list(grid) + [k for v in variants for k in v if k != "label"]
     swept_keys = list(dict.fromkeys(swept))
@@ -262,12 +270,17 @@ def plan_text(plan: SweepPlan, limit: int = 40) -> str:
         f"sweep {plan.name}: {len(plan.runs)} runs, {done} already finished, {len(plan.runs) - done} to run"
         f" -> {plan.out_dir}" + (f" ({plan.duplicates} duplicate combinations merged)" if plan.duplicates else "")
     ]
+    section = plan.source.get(SWEEP_SECTION) or {}
+    grid = section.get("grid") or {} if isinstance(section, dict) else {}
     for key in plan.swept_keys:
+        if key not in grid:
+            continue  # a variant's own key: listed with its variant below
         values = list(dict.fromkeys(describe_value(r.overrides[key]) for r in plan.runs if key in r.overrides))
         lines.append(f"  {key}: {', '.join(values)}")
-    labels = [r.label for r in plan.runs if r.label]
-    if labels:
-        lines.append(f"  variants: {', '.join(dict.fromkeys(labels))}")
+    variants = section.get("variants") or [] if isinstance(section, dict) else []
+    for number, variant in enumerate(v for v in variants if isinstance(v, dict)):
+        own = {k: v for k, v in variant.items() if k != "label"}
+        lines.append(f"  variant {variant.get('label') or number}: {describe_settings(own)}")
     for run, status in list(zip(plan.runs, statuses))[:limit]:
         lines.append(f"  {'x' if status == 'finished' else ' '} {run.run_id:<48} {status:<11} {run.config.runtime}")
     if len(plan.runs) > limit:
@@ -378,6 +391,9 @@ def _init_pool_process(events: Any, stop: Any) -> None:
 
 
 def _execute_in_pool(config_dict: dict[str, Any], run_dir: str, info: dict[str, Any]) -> tuple[str, str]:
+    from byzsgd.plugins import load_plugins
+
+    load_plugins(config_dict.get("plugins"))  # the user's registered rules and attacks exist here too
     if _stop.is_set():
         return NOT_STARTED, ""
     run_id = info["run_id"]
@@ -388,18 +404,30 @@ def _execute_in_pool(config_dict: dict[str, Any], run_dir: str, info: dict[str, 
 
 
 class Progress:
-    """A tqdm bar for the sweep and one per run in flight (stderr; silent when quiet)."""
+    """A tqdm bar for the sweep and one per run in flight (stderr) on a terminal; off a terminal
+    (job logs, CI) plain lines on stdout: each run's start, evaluated steps and end. Quiet: only
+    failures."""
 
     def __init__(self, total: int, quiet: bool) -> None:
         from tqdm import tqdm
 
         self._tqdm = tqdm
         self.quiet = quiet
-        self.sweep = tqdm(total=total, desc="sweep", unit="run", disable=quiet, file=sys.stderr, position=0)
+        self.plain = not quiet and not sys.stdout.isatty()
+        self.total, self.done = total, 0
+        self.sweep = tqdm(
+            total=total, desc="sweep", unit="run", disable=quiet or self.plain, file=sys.stderr, position=0
+        )
         self.bars: dict[str, Any] = {}
         self.positions: dict[str, int] = {}
+        self.steps: dict[str, int] = {}
 
     def start(self, run: PlannedRun) -> None:
+        if self.plain:
+            if run.run_id not in self.steps:
+                self.steps[run.run_id] = run.config.steps
+                print(f"[{run.run_id}] started", flush=True)
+            return
         if run.run_id in self.bars:
             return
         position = min(set(range(1, len(self.positions) + 2)) - set(self.positions.values()))
@@ -415,6 +443,10 @@ class Progress:
         )
 
     def row(self, run_id: str, step: int, accuracy: float | None) -> None:
+        if self.plain:
+            acc = "-" if accuracy is None else f"{accuracy:.4f}"
+            print(f"[{run_id}] step {step}/{self.steps.get(run_id, '?')}  acc={acc}", flush=True)
+            return
         bar = self.bars.get(run_id)
         if bar is not None:
             if accuracy is not None:
@@ -427,6 +459,9 @@ class Progress:
         if bar is not None:
             bar.close()
         self.sweep.update(1)
+        self.done += 1
+        if self.plain:
+            print(f"[{run.run_id}] {status} ({self.done}/{self.total} runs done)", flush=True)
         if status != "finished":
             self._tqdm.write(f"run {run.run_id} failed: {error.splitlines()[-1] if error else status}", file=sys.stderr)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from byzsgd.faults import FaultInjector
-from byzsgd.messages import broadcast
+from byzsgd.messages import broadcast, timer, timer_delay
 from byzsgd.protocols import PROTOCOLS
 from byzsgd.protocols.byzsgd_sync import outlier_bound_factor, sorted_percentile
 from byzsgd.runner import run_experiment
@@ -48,6 +48,7 @@ def test_outlier_bound_factor_is_the_papers():
 def start(config, node_id="w0"):
     workload = Workload(config)
     worker = PROTOCOLS["byzsgd-sync"].make_node(config, node_id, workload)
+    assert {m.receiver for m in worker.start() if m.kind == "pull"} == set(SERVERS)  # step 0 is a Gather
     x0 = workload.initial_vector()
     deliver(worker, 0, {s: x0.numpy() for s in SERVERS[:4]})  # a Gather step: the median of q_ps = 4
     assert worker.accepted_from == ["median"]
@@ -66,8 +67,12 @@ def test_the_sync_filters_reject_an_equivocating_servers_poisoned_model():
         # Step 1: the rotation asks ps1 first, which is Byzantine and equivocates.
         lie = {m.receiver: m.payload for m, _ in injector.corrupt(broadcast("ps1", WORKERS, "model", 1, models["ps1"]))}
         models["ps1"] = lie[node_id]
-        sent = deliver(worker, 1, models)
+        out = deliver(worker, 1, models)
+        sent = [m for m in out if m.kind == "gradient"]
         assert worker.accepted_from == ["median", "ps2" if poisoned else "ps1"]
+        # The worker pulled ps1, and ps2 only after the filter rejected ps1's model; then step 2's server.
+        assert [m.receiver for m in out if m.kind == "pull"] == (["ps2"] if poisoned else []) + ["ps2"]
+        assert worker.asked == ["ps2"] and worker.step == 2
         assert worker.rejected["filter_outlier"] == int(poisoned)
         # Independent check: the gradient sent is the one at the accepted model on this step's batch.
         sampler = workload.sampler(int(node_id[1:]))
@@ -107,7 +112,7 @@ def test_gather_steps_take_the_median_of_the_servers():
 
 
 def run(**sections):
-    return run_experiment(sync_config(steps=30, eval_every=10, **sections)).rows
+    return run_experiment(sync_config(**{"steps": 30, "eval_every": 10, **sections})).rows
 
 
 @pytest.fixture(autouse=True)
@@ -132,3 +137,57 @@ def test_sorted_percentile_is_numpys_linear_percentile():
             assert sorted_percentile(values, q) == pytest.approx(np.percentile(values, q), rel=1e-12, abs=0)
     assert sorted_percentile([1.0, float("inf"), float("inf")], 80.0) == float("inf")
     assert sorted_percentile([1.0, 2.0, float("inf")], 80.0) == float("inf")
+
+
+def test_a_poisoned_near_float32_max_model_is_rejected_without_poisoning_the_lipschitz_history():
+    config = sync_config()
+    worker, workload = start(config)
+    for step in range(1, 4):
+        deliver(worker, step, honest_models(worker.previous[0], workload, step, seed=step))
+    models = honest_models(worker.previous[0], workload, 4, seed=4)
+    huge = {"ps4": np.full(workload.dimension, 3e38, np.float32)}  # step 4 asks ps4 first
+    seen = len(worker.lipschitz_history)
+    out = deliver(worker, 4, huge)
+    assert worker.rejected["filter_non_finite"] == 1 and worker.step == 4
+    assert [m.receiver for m in out if m.kind == "pull"] == ["ps0"]  # it asks the next server
+    assert len(worker.lipschitz_history) == seen and all(not np.isnan(k) for k in worker.lipschitz_history)
+    deliver(worker, 4, {s: models[s] for s in SERVERS[:4]})
+    assert worker.step == 5
+    history = worker.lipschitz_history
+    assert history == sorted(history) and not np.isnan(sorted_percentile(history, worker.percentile))
+
+
+def test_a_server_that_never_answers_is_skipped_after_the_pull_timeout():
+    config = sync_config(**{"byzsgd-sync": {"pull_timeout": 4.0}})
+    workload = Workload(config)
+    worker = PROTOCOLS["byzsgd-sync"].make_node(config, "w0", workload)
+    worker.start()
+    out = deliver(worker, 0, {s: workload.initial_vector().numpy() for s in SERVERS[:4]})
+    # Step 1 asks ps1 alone, with a timer back to the worker itself.
+    assert [(m.kind, m.receiver) for m in out if m.kind != "gradient"] == [("pull", "ps1"), ("timeout", "w0")]
+    assert timer_delay(out[-1]) == 4.0
+    out = worker.on_message(out[-1])  # ps1 stays silent: the timer fires
+    assert [m.receiver for m in out if m.kind == "pull"] == ["ps2"] and worker.asked == ["ps1", "ps2"]
+    assert worker.on_message(timer("w0", 1, 4.0, tag=1)) == []  # an outdated timer does nothing
+    forged = broadcast("ps0", ["w0"], "timeout", 1, np.array([0.0, 2.0], np.float32))[0]
+    assert worker.on_message(forged) == [] and worker.asked == ["ps1", "ps2"]  # only its own timers count
+    deliver(worker, 1, {"ps2": honest_models(worker.previous[0], workload, 1, seed=1)["ps2"]})
+    assert worker.accepted_from[-1] == "ps2" and worker.step == 2
+
+
+def test_sync_sends_fewer_messages_per_step_than_async_and_survives_a_silent_server():
+    async_rows = run_experiment(make_config(protocol="byzsgd", steps=6, eval_every=6, byzsgd={"period": 10})).rows
+    sync_rows = run(steps=6, eval_every=6)
+    assert sync_rows[-1]["messages"] < 0.9 * async_rows[-1]["messages"]  # 357 against 420, measured
+    silent = run(steps=12, eval_every=12, server_attack={"name": "silent", "ids": [1]})
+    assert silent[-1]["step"] == 12  # ps1 never answers: workers time out and ask the next server
+
+
+@pytest.mark.slow
+def test_sync_on_ray_times_out_a_silent_server_and_trains(ray_cluster, tmp_path):
+    config = sync_config(
+        runtime="ray", steps=20, eval_every=10, ray={"actors": 3}, server_attack={"name": "silent", "ids": [1]}
+    )
+    result = run_experiment(config, tmp_path / "run")
+    assert result.summary["status"] == "finished" and result.rows[-1]["step"] == 20
+    assert result.rows[-1]["test_acc"] > 0.5

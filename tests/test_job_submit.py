@@ -109,8 +109,13 @@ def ray_head():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def submit(env: dict[str, str], address: str, working_dir: Path, entrypoint: list[str]) -> subprocess.CompletedProcess:
-    command = [str(RAY), "job", "submit", f"--address={address}", f"--working-dir={working_dir}", "--", *entrypoint]
+def submit(
+    env: dict[str, str], address: str, working_dir: Path, entrypoint: list[str], env_vars: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    command = [str(RAY), "job", "submit", f"--address={address}", f"--working-dir={working_dir}"]
+    if env_vars:
+        command.append(f"--runtime-env-json={json.dumps({'env_vars': env_vars})}")
+    command += ["--", *entrypoint]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=480)
 
 
@@ -126,13 +131,24 @@ def test_job_submit_runs_an_experiment_on_the_cluster_and_writes_its_results(ray
         "data: {dataset: synthetic, batch_size: 16}\nmodel: {name: logreg}\noptimizer: {lr: 0.2}\n"
         "aggregator: {name: mda}\nattack: {name: none}\nserver_attack: {name: none}\n"
     )
-    out = tmp_path / "results" / "tiny"
+    # A relative --out: inside a job it must not land in Ray's temporary copy of the working
+    # directory (deleted with the job) but under $BYZSGD_JOB_ROOT (default ~), printed absolute.
+    durable = tmp_path / "durable"
     # Inside the job RAY_ADDRESS points at the cluster, so the run joins it instead of starting a Ray.
-    run = ["python", "-m", "byzsgd.cli", "run", "tiny.yaml", "--quiet", "--out", str(out)]
-    job = submit(env, address, job_dir, run)
+    run = ["python", "-m", "byzsgd.cli", "run", "tiny.yaml", "--out", "results/tiny"]
+    job = submit(env, address, job_dir, run, env_vars={"BYZSGD_JOB_ROOT": str(durable)})
     logs = job.stdout + job.stderr
     assert job.returncode == 0, logs
     assert "succeeded" in logs.lower(), logs
+    printed = [line.split("results: ", 1)[1].strip() for line in logs.splitlines() if line.startswith("results: ")]
+    assert printed == [str(durable / "results" / "tiny")], logs
+    out = Path(printed[0])
+    assert "results are on the Ray head" in logs
+    # Off a terminal the job log holds one plain line per evaluated step, no progress-bar redraws.
+    steps = [line for line in logs.splitlines() if line.startswith("[tiny] step ")]
+    assert [line.split()[2] for line in steps] == ["0/6", "3/6", "6/6"], logs
+    assert "\x1b[A" not in logs and not any("\r" in line for line in steps)
+    # The job has ended; its results are still where it said.
     rows = read_jsonl(out / "metrics.jsonl")
     assert [row["step"] for row in rows] == [0, 3, 6]
     summary = json.loads((out / "summary.json").read_text())

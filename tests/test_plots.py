@@ -1,5 +1,6 @@
-"""byzsgd plot: which runs go together, what the figures show, and that the PNGs are real."""
+"""byzsgd plot: which runs go together, what the figures show, and that the figures are real."""
 
+import csv
 import json
 
 import numpy as np
@@ -8,7 +9,17 @@ import yaml
 from matplotlib import image
 
 from byzsgd.cli import main
-from byzsgd.plots import average, final_accuracy_table, find_runs, grouped, plot_runs, setting_names
+from byzsgd.plots import (
+    attack_title,
+    average,
+    final_accuracy_table,
+    find_runs,
+    grouped,
+    plot_runs,
+    seed_statistics,
+    setting_names,
+    shared_setting,
+)
 from byzsgd.registry import ConfigError
 from byzsgd.sweep import expand_sweep, run_sweep
 from tests.conftest import make_config
@@ -126,3 +137,53 @@ def test_plotting_a_folder_without_runs_is_a_clear_error(tmp_path, capsys):
         plot_runs([tmp_path])
     assert main(["plot", str(tmp_path / "missing")]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_bands_are_mean_plus_minus_std_and_every_figure_has_its_csv(tmp_path):
+    for seed, accuracies in enumerate(([0.1, 0.5], [0.3, 0.7], [0.2, 0.9])):
+        write_run(
+            tmp_path / f"s{seed}", rows(accuracies), seed=seed, attack={"name": "signflip", "params": {"scale": 4.0}}
+        )
+    (table,) = [seed_statistics(find_runs([tmp_path]), "test_acc")]
+    assert [row["seeds"] for row in table] == [3, 3]
+    assert table[1]["mean"] == pytest.approx(0.7) and table[1]["std"] == pytest.approx(np.std([0.5, 0.7, 0.9], ddof=1))
+    written = plot_runs([tmp_path], tmp_path / "out", fmt="pdf")
+    assert [p.name for p in written] == ["accuracy.pdf"]
+    assert written[0].read_bytes().startswith(b"%PDF")
+    with (tmp_path / "out" / "accuracy.csv").open() as handle:
+        data = list(csv.DictReader(handle))
+    assert [(r["attack"], r["step"], r["seeds"]) for r in data] == [
+        ("sign flip (scale 4)", "0", "3"),
+        ("sign flip (scale 4)", "10", "3"),
+    ]
+    assert float(data[1]["std"]) == pytest.approx(0.2)
+    assert (
+        shared_setting(find_runs([tmp_path]))
+        == "synthetic, logreg, 5 servers (f=1), 7 workers (f=2), 60 steps, 3 seeds"
+    )
+
+
+def test_readable_attack_names():
+    assert attack_title({"name": "signflip", "params": {"scale": 4.0}}) == "sign flip (scale 4)"
+    assert attack_title({"name": "ipm", "params": {"eps": 0.5}, "count": 1}) == "IPM (eps 0.5, count 1)"
+    assert attack_title({"name": "none"}) == "no attack" and attack_title({"name": "custom"}) == "custom"
+
+
+def test_diameter_keeps_zeros_and_warns_when_sampling_aliases_the_gather_period(tmp_path, capsys):
+    write_run(tmp_path / "a", rows([0.1, 0.5, 0.7], [0.0, 2.0, 0.0], every=10), gather_period=3, eval_every=10)
+    assert main(["plot", str(tmp_path / "a"), "--format", "svg"]) == 0
+    assert "eval_every=10 does not divide the gather period T=3" in capsys.readouterr().err
+    with (tmp_path / "a" / "plots" / "diameter.csv").open() as handle:
+        assert [r["mean"] for r in csv.DictReader(handle)] == ["0.0", "2.0", "0.0"]  # zeros kept
+    assert (tmp_path / "a" / "plots" / "diameter.svg").read_text().lstrip().startswith("<?xml")
+    write_run(tmp_path / "b", rows([0.1, 0.5], [0.0, 2.0], every=2), gather_period=4, eval_every=2)
+    assert main(["plot", str(tmp_path / "b"), "--dpi", "72"]) == 0
+    assert "aliased" not in capsys.readouterr().err
+
+
+def test_plot_arguments_are_checked(capsys):
+    with pytest.raises(SystemExit):
+        main(["plot", "x", "--format", "jpg"])
+    with pytest.raises(SystemExit):
+        main(["plot", "x", "--dpi", "0"])
+    assert "must be at least 1" in capsys.readouterr().err

@@ -92,3 +92,62 @@ def test_ps_trains_on_ray_with_byzantine_workers(ray_cluster, tmp_path):
     result = run_experiment(config, tmp_path / "run")
     assert result.summary["status"] == "finished" and result.summary["byzantine"] == ["w2", "w3"]
     assert result.rows[-1]["step"] == 30 and result.rows[-1]["test_acc"] > 0.5
+
+
+SYNC_17 = {"n_ps": 1, "f_ps": 0, "n_w": 17, "f_w": 8}
+
+
+def test_waiting_for_all_gradients_steps_on_all_or_on_a_quorum_once_the_timeout_passed():
+    config = ps_config(nodes=SYNC_17, aggregator={"name": "median"}, optimizer={"lr": 0.5}, ps={"wait": "all"})
+    server = build(config, "ps0")
+    start = server.vector.numpy().copy()
+    assert [m.kind for m in server.start()][-1] == "timeout"
+    gradients = np.random.default_rng(0).normal(size=(17, start.size)).astype(np.float32)
+    for i in range(16):
+        server.on_message(Message(f"w{i}", "ps0", "gradient", 0, gradients[i]))
+    assert server.step == 0  # 16 of 17: a quorum would have stepped long ago
+    out = server.on_message(Message("w16", "ps0", "gradient", 0, gradients[16]))
+    assert server.step == 1 and out[-1].kind == "timeout" and out[-1].round == 1
+    expected = start - 0.5 * np.median(gradients, axis=0)
+    np.testing.assert_allclose(server.vector.numpy(), expected, rtol=1e-5, atol=1e-6)
+    # Step 1: 9 = n_w - f_w gradients, then the timeout: the 8 silent workers are missing inputs.
+    for i in range(9):
+        server.on_message(Message(f"w{i}", "ps0", "gradient", 1, gradients[i]))
+    assert server.step == 1
+    assert server.on_message(Message("w3", "ps0", "timeout", 1, out[-1].payload)) == []  # only its own timer
+    server.on_message(out[-1])
+    assert server.step == 2
+    np.testing.assert_allclose(server.vector.numpy(), expected - 0.5 * np.median(gradients[:9], axis=0), rtol=1e-5)
+
+
+def test_a_timeout_before_a_quorum_waits_for_the_quorum():
+    config = ps_config(nodes=SYNC_17, aggregator={"name": "median"}, ps={"wait": "all"})
+    server = build(config, "ps0")
+    timeout = server.start()[-1]
+    for i in range(8):
+        server.on_message(Message(f"w{i}", "ps0", "gradient", 0, np.ones(server.vector.numel(), np.float32)))
+    server.on_message(timeout)
+    assert server.step == 0  # 8 < n_w - f_w = 9: more than f_w would be missing
+    server.on_message(Message("w8", "ps0", "gradient", 0, np.ones(server.vector.numel(), np.float32)))
+    assert server.step == 1
+
+
+def test_ps_with_ctma_trains_with_8_of_17_byzantine_when_waiting_for_all(in_tmp):
+    with pytest.raises(ConfigError, match="needs 17 inputs, but a quorum has 9"):
+        ps_config(nodes=SYNC_17, aggregator={"name": "ctma", "params": {"base": "median"}})
+    attack = {"name": "signflip", "params": {"scale": 4.0}}
+    sync = {"nodes": SYNC_17, "attack": attack, "ps": {"wait": "all"}, "steps": 40, "eval_every": 20}
+    rows = run_experiment(ps_config(aggregator={"name": "ctma", "params": {"base": "median"}}, **sync)).rows
+    assert rows[-1]["step"] == 40 and rows[-1]["test_acc"] > 0.8
+    naive = run_experiment(ps_config(aggregator={"name": "mean"}, **sync)).rows
+    assert naive[-1]["test_acc"] < 0.5
+    silent = run_experiment(ps_config(**{**sync, "attack": {"name": "silent"}, "aggregator": {"name": "median"}}))
+    assert silent.rows[-1]["step"] == 40 and silent.rows[-1]["test_acc"] > 0.8  # 8 silent workers time out
+
+
+@pytest.mark.slow
+def test_ps_waiting_for_all_on_ray_times_out_silent_workers(ray_cluster, tmp_path):
+    sync = {"nodes": SYNC_17, "ps": {"wait": "all"}, "runtime": "ray", "ray": {"actors": 3}, "steps": 20}
+    config = ps_config(**sync, eval_every=10, aggregator={"name": "median"}, attack={"name": "silent", "count": 3})
+    result = run_experiment(config, tmp_path / "run")
+    assert result.summary["status"] == "finished" and result.rows[-1]["step"] == 20

@@ -96,6 +96,41 @@ def test_detox_waits_for_a_strict_majority_of_each_file():
     assert server.step == 1  # everyone heard: file 0 takes its plurality (a tie: the first copy)
 
 
+def test_detox_hierarchical_stage_takes_the_rule_over_bucket_means_of_the_file_votes():
+    # 15 workers in 5 groups of 3, one Byzantine (it cannot win a vote): 5 honest file votes,
+    # shuffled and averaged in 2 buckets (3 + 2 votes), then the median of the 2 bucket means.
+    config = make_config(
+        protocol="detox", nodes=one_server(15, 1), aggregator={"name": "median"}, detox={"buckets": 2}
+    )
+    server = one_round(config, {4}, garbage)
+    votes = honest_partition_gradients(config, 5, Workload(config).initial_vector())
+    order = np.random.default_rng([config.seed, 2019]).permutation(5)
+    means = [votes[bucket].mean(axis=0) for bucket in np.array_split(order, 2)]
+    np.testing.assert_allclose(server.last_aggregate, np.median(means, axis=0), rtol=1e-5, atol=1e-7)
+    assert not np.allclose(server.last_aggregate, np.median(votes, axis=0))  # not the flat rule
+    with pytest.raises(ConfigError, match="detox.buckets=6: must be between 1 and the 5 files"):
+        make_config(protocol="detox", nodes=one_server(15, 1), detox={"buckets": 6})
+    with pytest.raises(ConfigError, match="among 2 buckets, which needs 3"):  # c_max(2) = 1 needs 3 for the median
+        make_config(protocol="detox", nodes=one_server(15, 2), aggregator={"name": "median"}, detox={"buckets": 2})
+
+
+def test_ramanujan_case_2_is_reachable_from_the_config():
+    sections = dict(protocol="detox", nodes=one_server(9, 1), aggregator={"name": "median"})
+    config = make_config(detox={"assignment": "ramanujan", "replication": 3, "load": 6}, **sections)
+    described = PROTOCOLS["detox"].describe(config)
+    assert described["assignment"] == "ramanujan2(m=6, s=3)" and described["files"] == 18 and described["load"] == 6
+    server = one_round(config, {4}, garbage)  # one Byzantine copy never wins a vote of 3
+    votes = honest_partition_gradients(config, 18, Workload(config).initial_vector())
+    np.testing.assert_allclose(server.last_aggregate, np.median(votes, axis=0), rtol=1e-5, atol=1e-7)
+    default = make_config(detox={"assignment": "ramanujan", "replication": 3}, **sections)
+    assert PROTOCOLS["detox"].describe(default)["files"] == 9  # m = s by default
+    with pytest.raises(ConfigError, match="s \\| m"):
+        make_config(detox={"assignment": "ramanujan", "replication": 3, "load": 4}, **sections)
+    with pytest.raises(ConfigError, match="detox.load applies to the Ramanujan case 2 only"):
+        sections["nodes"] = one_server(6, 1)
+        make_config(detox={"assignment": "ramanujan", "replication": 2, "load": 4}, **sections)
+
+
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -108,6 +143,15 @@ RUNS = {
         protocol="detox",
         detox={"assignment": "mols", "replication": 2},
         nodes=one_server(6, 1),
+        aggregator={"name": "median"},
+    ),
+    "detox-buckets": dict(
+        protocol="detox", detox={"buckets": 3}, nodes=one_server(15, 2), aggregator={"name": "median"}
+    ),
+    "byzshield-ramanujan2": dict(
+        protocol="detox",
+        detox={"assignment": "ramanujan", "replication": 3, "load": 3},
+        nodes=one_server(9, 2),
         aggregator={"name": "median"},
     ),
     "byzshield-ramanujan": dict(
@@ -160,8 +204,19 @@ def test_solon_messages_are_r_c_times_shorter_than_gradients():
     model = workload.initial_vector().numpy()
     (message,) = worker.on_message(Message("ps0", "w0", "model", 0, model))
     d = workload.dimension
-    assert message.payload.dtype == np.float64 and message.payload.size == 2 * -(-d // 8)
-    assert message.payload.nbytes < 0.6 * model.nbytes  # 8 d / 4 bytes against 4 d
+    assert message.payload.dtype == np.float32 and message.payload.size == 2 * -(-d // 8)
+    assert message.payload.nbytes == 4 * 2 * -(-d // 8) <= model.nbytes / 4 + 8  # 4 d / r_c bytes against 4 d
+
+
+def test_solon_float32_messages_decode_to_the_float64_sum_within_float32_rounding():
+    config = make_config(protocol="solon", solon={"compression": 2}, nodes=one_server(12, 2))
+    scheme = PROTOCOLS["solon"].make_scheme(config, Workload(config).dimension)
+    exact = honest_partition_gradients(config, scheme.num_partitions, Workload(config).initial_vector()).mean(axis=0)
+    subtle = lambda payload, rng: (payload * np.float32(1.001)).astype(np.float32)  # noqa: E731
+    for forge in (garbage, subtle):  # one forged message in each group of 6 (r = 2 s + r_c)
+        server = one_round(config, byzantine={1, 7}, forge=forge)
+        assert server.step == 1
+        assert np.linalg.norm(server.last_aggregate - exact) <= 1e-6 * np.linalg.norm(exact)
 
 
 @pytest.mark.parametrize(

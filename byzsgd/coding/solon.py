@@ -43,8 +43,9 @@ class SolonCode:
     ``r_c`` and gradient dimension ``dim``.
 
     Workers call :meth:`partitions_of` and :meth:`encode`; the server calls :meth:`decode`
-    with an ``n x message_size`` float64 array or a mapping node -> message (absent nodes and
-    non-finite messages are erasures).
+    with an ``n x message_size`` array or a mapping node -> message (absent nodes and
+    non-finite messages are erasures). Decoding runs in float64 whatever the messages' dtype;
+    messages sent as float32 need ``rtol`` about 1e-5 (the protocol's choice).
     """
 
     def __init__(
@@ -78,7 +79,7 @@ class SolonCode:
 
     @property
     def message_size(self) -> int:
-        """Float64 numbers per message: ``dim / r_c`` (rounded up to an even count)."""
+        """Real numbers per message: ``dim / r_c`` (rounded up to an even count)."""
         return 2 * self._chunk
 
     def group_of(self, node: int) -> int:

@@ -214,7 +214,11 @@ class ByzSGD(Protocol):
 def check_rule(field: str, name: str, f: int, inputs: int, params: dict[str, Any] | None = None) -> None:
     """Fail at load time when a rule (with its params: wrappers such as ctma need their base)
     cannot run on the quorum it will be given."""
-    needed = AGGREGATORS[name].min_inputs(f, **(params or {}))
+    try:
+        rule = AGGREGATORS[name]
+    except ConfigError as error:
+        raise ConfigError(f"{field}: {error}") from None
+    needed = rule.min_inputs(f, **(params or {}))
     if inputs < needed:
         raise ConfigError(f"{field}={name!r} with f={f} needs {needed} inputs, but a quorum has {inputs}")
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from byzsgd.config import ExperimentConfig
-from byzsgd.data import BatchSampler, partition
+from byzsgd.data import BatchSampler, batch_size_of, partition
 from byzsgd.messages import Channel, Inbox, Message, broadcast
 from byzsgd.optim import make_estimator, make_optimizer
 from byzsgd.protocols.base import Node, Protocol, ServerNode, node_index, stack_payloads, to_payload
@@ -183,7 +183,7 @@ def partition_samplers(config: ExperimentConfig, workload: Workload, count: int,
     partition draws the same batches from it."""
     data = config.data
     shards = partition(workload.data.y_train, count, data.partition, data.alpha, config.seed)
-    return {p: BatchSampler(shards[p], data.batch_size, config.seed * 1_000_003 + p) for p in wanted}
+    return {p: BatchSampler(shards[p], batch_size_of(data, p, count), config.seed * 1_000_003 + p) for p in wanted}
 
 
 class CodedProtocol(Protocol):
@@ -200,7 +200,8 @@ class CodedProtocol(Protocol):
         window = getattr(config.options, "window", 1)
         if window < 1:
             raise ConfigError(f"{self.name}.window={window}: must be at least 1")
-        self.make_scheme(config, dimension=2)
+        scheme = self.make_scheme(config, dimension=2)
+        batch_size_of(config.data, 0, scheme.num_partitions)  # per_step: enough samples for every partition
         self.check(config)
         check_optimizer(config)
 

@@ -6,12 +6,17 @@ redundant file gradients, then a robust rule over the file votes.
 * ``detox``: ``n_w / r`` disjoint groups of ``r = detox.replication`` workers, one file each;
 * ``mols``: ByzShield's mutually orthogonal Latin squares, ``n_w = r l`` with ``l`` prime,
   ``l^2`` files, each worker holding ``l`` of them;
-* ``ramanujan``: ByzShield's Ramanujan bigraph (case m < s), ``n_w = r s`` with ``s`` prime and
-  ``r < s``, ``s^2`` files.
+* ``ramanujan``: ByzShield's Ramanujan bigraph, ``s`` prime. Case 1 (m < s): ``n_w = r s`` with
+  ``r < s``, ``s^2`` files, each worker holding ``s``. Case 2 (m >= s, s | m): ``n_w = s^2`` with
+  ``r = s``, ``m s`` files, each worker holding ``m = detox.load`` (default ``s``).
 
 Each worker sends its files' gradients, concatenated. The server takes each file's majority
 and feeds the file votes to ``aggregator`` (median, multikrum, bulyan, bucketing, ctma, ...)
 built for ``f = c_max(f_w)``, the most files ``f_w`` omniscient Byzantine workers can distort.
+With ``detox.buckets: B`` the server first runs DETOX's hierarchical stage, as in the authors'
+code: it shuffles the file votes (seeded, a fresh order every step), averages them in ``B``
+buckets of (nearly) equal size and hands the ``B`` bucket means to the rule, still with
+``f = c_max``: each distorted file spoils at most one bucket.
 With ``detox.adversary: worst_case`` (default) and no ``attack.ids``, the Byzantine workers are
 exactly such a worst-case set.
 
@@ -52,38 +57,51 @@ from byzsgd.registry import ConfigError
 class DetoxOptions:
     assignment: Literal["detox", "mols", "ramanujan"] = "detox"
     replication: int = 3  # r: workers per file
+    load: int | None = None  # ramanujan case 2 (n_w = r^2) only: files per worker m, a multiple of r
+    buckets: int | None = None  # DETOX's hierarchical stage: average the file votes in this many buckets
     adversary: Literal["worst_case", "random"] = "worst_case"  # who is Byzantine without attack.ids
     atol: float = 0.0  # max-abs distance under which copies count as equal (0: bitwise)
     window: int = 64
 
 
 @functools.lru_cache(maxsize=32)
-def build_assignment(kind: str, workers: int, r: int) -> Assignment:
+def build_assignment(kind: str, workers: int, r: int, load: int | None = None) -> Assignment:
     where = f"detox.assignment={kind} with nodes.n_w={workers}, detox.replication={r}"
     if r < 1 or workers % r:
         raise ConfigError(f"{where}: n_w must be a positive multiple of the replication r")
+    if load is not None and (kind != "ramanujan" or r * r != workers):
+        raise ConfigError(f"{where}: detox.load applies to the Ramanujan case 2 only (n_w = r^2)")
     try:
         if kind == "detox":
             return detox_assignment(workers, r)
         if kind == "mols":
             return mols_assignment(workers // r, r)  # n_w = r l
-        side = workers // r  # ramanujan case 1: n_w = m s with m = r < s
-        if r >= side:
-            raise ConfigError(f"the Ramanujan assignment needs r < n_w / r (got s = n_w / r = {side})")
-        return ramanujan_assignment(r, side)
+        side = workers // r
+        if r < side:  # case 1: n_w = m s with m = r < s
+            return ramanujan_assignment(r, side)
+        if r == side:  # case 2: n_w = s^2 with s = r, m s files
+            return ramanujan_assignment(r if load is None else load, r)
+        raise ConfigError("the Ramanujan assignment needs r < n_w / r (case 1) or n_w = r^2 (case 2)")
     except ConfigError as error:
         raise ConfigError(f"{where}: {error}") from None
 
 
+def assignment_of(config: ExperimentConfig) -> Assignment:
+    options = config.options
+    return build_assignment(options.assignment, config.nodes.n_w, options.replication, options.load)
+
+
 @functools.lru_cache(maxsize=64)
-def distortable(kind: str, workers: int, r: int, q: int) -> tuple[int, tuple[int, ...]]:
+def distortable(kind: str, workers: int, r: int, load: int | None, q: int) -> tuple[int, tuple[int, ...]]:
     """``(c_max(q), a worst-case worker set)`` for the assignment."""
-    result = worst_case(build_assignment(kind, workers, r), q)
+    result = worst_case(build_assignment(kind, workers, r, load), q)
     return result.count, result.workers
 
 
 class FileVoteScheme(Scheme):
-    def __init__(self, assignment: Assignment, dimension: int, rule: Any, atol: float) -> None:
+    def __init__(
+        self, assignment: Assignment, dimension: int, rule: Any, atol: float, buckets: int | None = None, seed: int = 0
+    ) -> None:
         self.assignment = assignment
         self.num_workers = assignment.num_workers
         self.num_partitions = assignment.num_files
@@ -92,6 +110,8 @@ class FileVoteScheme(Scheme):
         self.rule = rule
         self.atol = atol
         self.strict = assignment.replication // 2 + 1
+        self.buckets = buckets
+        self.shuffle = np.random.default_rng([seed, 2019])  # DETOX's bucket assignment, fresh each step
 
     def partitions_of(self, worker: int) -> tuple[int, ...]:
         return self.assignment.files_of(worker)
@@ -107,6 +127,9 @@ class FileVoteScheme(Scheme):
             if not complete:
                 raise NotDecodable(str(error)) from None
             votes = self._votes_with_gaps(rows)
+        if self.buckets is not None:
+            order = self.shuffle.permutation(len(votes))
+            votes = np.stack([votes[bucket].mean(axis=0) for bucket in np.array_split(order, self.buckets)])
         return np.asarray(self.rule(votes))
 
     def _votes_with_gaps(self, rows: dict[int, np.ndarray]) -> np.ndarray:
@@ -127,42 +150,44 @@ class Detox(CodedProtocol):
 
     def robust_f(self, config: ExperimentConfig) -> int:
         options = config.options
-        return distortable(options.assignment, config.nodes.n_w, options.replication, config.nodes.f_w)[0]
+        return distortable(options.assignment, config.nodes.n_w, options.replication, options.load, config.nodes.f_w)[0]
 
     def make_scheme(self, config: ExperimentConfig, dimension: int) -> Scheme:
         options = config.options
-        assignment = build_assignment(options.assignment, config.nodes.n_w, options.replication)
         rule = make_aggregator(config.aggregator.name, f=self.robust_f(config), **config.aggregator.params)
-        return FileVoteScheme(assignment, dimension, rule, options.atol)
+        return FileVoteScheme(assignment_of(config), dimension, rule, options.atol, options.buckets, config.seed)
 
     def check(self, config: ExperimentConfig) -> None:
         options = config.options
         if options.atol < 0:
             raise ConfigError(f"detox.atol={options.atol}: must be >= 0")
-        files = build_assignment(options.assignment, config.nodes.n_w, options.replication).num_files
+        files = assignment_of(config).num_files
+        if options.buckets is not None and not 1 <= options.buckets <= files:
+            raise ConfigError(f"detox.buckets={options.buckets}: must be between 1 and the {files} files")
+        inputs, what = (files, "files") if options.buckets is None else (options.buckets, "buckets")
         f = self.robust_f(config)
         needed = AGGREGATORS[config.aggregator.name].min_inputs(f, **config.aggregator.params)
-        if files < needed:
+        if inputs < needed:
             raise ConfigError(
-                f"aggregator.name={config.aggregator.name!r} must absorb c_max={f} distorted files of "
-                f"{files}, which needs {needed} files: use fewer Byzantine workers, more workers or another rule"
+                f"aggregator.name={config.aggregator.name!r} must absorb c_max={f} distorted files among "
+                f"{inputs} {what}, which needs {needed}: use fewer Byzantine workers, more workers or another rule"
             )
 
     def worst_case_workers(self, config: ExperimentConfig, count: int) -> list[int] | None:
         options = config.options
         if options.adversary != "worst_case":
             return None
-        return list(distortable(options.assignment, config.nodes.n_w, options.replication, count)[1])
+        return list(distortable(options.assignment, config.nodes.n_w, options.replication, options.load, count)[1])
 
     def describe(self, config: ExperimentConfig) -> dict[str, Any]:
-        options = config.options
-        assignment = build_assignment(options.assignment, config.nodes.n_w, options.replication)
+        assignment = assignment_of(config)
         q = byzantine_count(config.attack, config.nodes.f_w)
         return {
             "assignment": assignment.name,
             "files": assignment.num_files,
             "load": assignment.load,
             "c_max": self.robust_f(config),
+            "buckets": config.options.buckets,
             "eigenvalue_bound": round(eigenvalue_bound(assignment, config.nodes.f_w), 3),
             "distorted_files": len(assignment.distorted_files(self.worst_case_workers(config, q) or [])),
         }

@@ -1,8 +1,16 @@
 """The classic parameter server: the baseline every other protocol is compared against.
 
 One correct server ``ps0`` and ``n_w`` workers, ``f_w`` of them Byzantine. Every step the server
-sends its model to every worker, waits for the first ``n_w - f_w`` gradients, aggregates them
-with ``aggregator.name`` (``mean``: vanilla SGD; any robust rule otherwise) and steps.
+sends its model to every worker, waits for gradients, aggregates them with ``aggregator.name``
+(``mean``: vanilla SGD; any robust rule otherwise) and steps. ``ps.wait`` says for which:
+
+* ``quorum`` (default, asynchronous): the first ``n_w - f_w``; the rule then has to absorb up
+  to ``f_w`` Byzantine ones among them, so rules such as the median need ``n_w >= 3 f_w + 1``.
+* ``all`` (synchronous, as in the CTMA / mu^2-SGD paper): all ``n_w``, so ``n_w >= 2 f_w + 1``
+  suffices (17 workers, 8 Byzantine). A worker silent for ``ps.timeout`` network time units is
+  faulty under synchrony: once at least ``n_w - f_w`` gradients arrived and the timeout passed,
+  the server steps and each missing gradient is a NaN row, which the rule drops and counts
+  against its ``f``.
 
 This is ByzSGD's scatter phase with a single server that never gathers, so it runs ByzSGD's
 own server and worker nodes rather than a copy of them.
@@ -11,13 +19,16 @@ own server and worker nodes rather than a copy of them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+
+import numpy as np
 
 from byzsgd.aggregators import make_aggregator
 from byzsgd.config import ExperimentConfig
+from byzsgd.messages import Message, broadcast, is_timer, timer
 from byzsgd.optim import make_estimator, make_optimizer
 from byzsgd.protocols import register
-from byzsgd.protocols.base import Node, Protocol
+from byzsgd.protocols.base import Node, Protocol, stack_payloads, to_payload
 from byzsgd.protocols.byzsgd import ByzSGDServer, ByzSGDWorker, check_rule
 from byzsgd.registry import ConfigError
 from byzsgd.training import Workload
@@ -26,6 +37,44 @@ from byzsgd.training import Workload
 @dataclass
 class PSOptions:
     window: int = 64  # rounds ahead a node buffers before rejecting messages as "future"
+    wait: Literal["quorum", "all"] = "quorum"  # the first n_w - f_w gradients, or all n_w (synchronous)
+    timeout: float = 10.0  # wait: all: network time units after which a silent worker counts as faulty
+
+
+class WaitForAllServer(ByzSGDServer):
+    """Steps on all ``n_w`` gradients, or, once ``timeout`` passed, on the at least ``n_w - f_w``
+    that arrived with NaN rows for the silent workers (the rule counts them against its f)."""
+
+    def __init__(self, *args: Any, timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.timeout = timeout
+        self.expired = -1  # the last step whose timeout passed
+
+    def start(self) -> list[Message]:
+        return super().start() + [timer(self.node_id, 0, self.timeout)]
+
+    def on_message(self, message: Message) -> list[Message]:
+        if is_timer(message):
+            self.expired = max(self.expired, message.round)
+        elif not self.inbox.add(message):
+            return []
+        out: list[Message] = []
+        while not self.done:
+            senders = self.inbox.senders("gradient", self.step)
+            if len(senders) < len(self.workers) and not (self.expired >= self.step and len(senders) >= self.q_w):
+                break
+            received = dict(zip(senders, self.inbox.quorum("gradient", self.step, len(senders)), strict=True))
+            self.inbox.advance("gradient", self.step + 1)
+            missing = np.full(self.vector.numel(), np.nan, dtype=np.float32)
+            rows = [received.get(worker, missing) for worker in self.workers]
+            gradient = self.aggregator(stack_payloads(rows, self.vector.device))
+            self.vector = self.optimizer.step(self.vector, gradient)
+            self.step += 1
+            self.report()
+            if not self.done:
+                out += broadcast(self.node_id, self.workers, "model", self.step, to_payload(self.vector))
+                out.append(timer(self.node_id, self.step, self.timeout))
+        return out
 
 
 def check_single_server(config: ExperimentConfig) -> None:
@@ -56,11 +105,15 @@ class ParameterServer(Protocol):
 
     def validate(self, config: ExperimentConfig) -> None:
         check_single_server(config)
-        if config.options.window < 1:
-            raise ConfigError(f"ps.window={config.options.window}: must be at least 1")
+        options = config.options
+        if options.window < 1:
+            raise ConfigError(f"ps.window={options.window}: must be at least 1")
+        if not options.timeout > 0:
+            raise ConfigError(f"ps.timeout={options.timeout}: must be > 0 (network time units)")
         nodes = config.nodes
         rule = config.aggregator
-        check_rule("aggregator.name", rule.name, nodes.f_w, nodes.n_w - nodes.f_w, rule.params)
+        inputs = nodes.n_w if options.wait == "all" else nodes.n_w - nodes.f_w
+        check_rule("aggregator.name", rule.name, nodes.f_w, inputs, rule.params)
         make_aggregator(config.aggregator.name, f=nodes.f_w, **config.aggregator.params)
         check_optimizer(config)
 
@@ -77,7 +130,9 @@ class ParameterServer(Protocol):
                 window=window,
                 estimator=make_estimator(config.optimizer),
             )
-        return ByzSGDServer(
+        server = WaitForAllServer if config.options.wait == "all" else ByzSGDServer
+        extra = {"timeout": config.options.timeout} if config.options.wait == "all" else {}
+        return server(
             node_id,
             workload.initial_vector(),
             servers=servers,
@@ -91,9 +146,12 @@ class ParameterServer(Protocol):
             steps=config.steps,
             report_every=config.eval_every,
             window=window,
+            **extra,
         )
 
     def describe(self, config: ExperimentConfig) -> dict[str, Any]:
+        if config.options.wait == "all":
+            return {"wait": "all", "timeout": config.options.timeout}
         return {"q_w": config.nodes.n_w - config.nodes.f_w}
 
 

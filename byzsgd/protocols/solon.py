@@ -3,10 +3,14 @@
 ``n_w`` workers in groups of ``r = solon.load`` (default ``2 f_w + r_c``); every worker of a
 group computes the group's ``r`` partitions and sends one coded chunk of ``d / r_c`` numbers,
 ``r_c = solon.compression``. The server locates up to ``s = f_w`` corrupted messages per group
-and decodes the exact gradient sum; it needs ``r >= 2 s + r_c``. Messages travel as float64
-(complex pairs), so a message is ``8 d / r_c`` bytes against the ``4 d`` of a float32 gradient:
-a ``r_c / 2``-fold saving per message over the parameter server (``summary.message_bytes``).
-The mathematics lives in :mod:`byzsgd.coding.solon`.
+and decodes the exact gradient sum; it needs ``r >= 2 s + r_c``. A message is the coded chunk's
+``d / r_c`` numbers (complex values as real, imaginary pairs) as float32, ``4 d / r_c`` bytes
+against the ``4 d`` of a float32 gradient: an ``r_c``-fold saving per message over the parameter
+server (``summary.message_bytes``). Workers encode and the server decodes in float64; the
+decoder's consistency check then allows float32 rounding (relative residual ``WIRE_RTOL``), so
+the decoded sum matches the float64 one to about 1e-7 relative, and a forged message within
+that tolerance of a codeword moves it by as little. The mathematics lives in
+:mod:`byzsgd.coding.solon`.
 """
 
 from __future__ import annotations
@@ -30,8 +34,12 @@ class SolonOptions:
     window: int = 64
 
 
+# float32 rounding leaves honest messages ~1e-7 (relative) off a codeword; 1e-5 keeps a margin.
+WIRE_RTOL = 1e-5
+
+
 class SolonScheme(Scheme):
-    dtype = np.dtype(np.float64)
+    dtype = np.dtype(np.float32)
     retry_each_arrival = False
 
     def __init__(self, code: SolonCode) -> None:
@@ -44,7 +52,7 @@ class SolonScheme(Scheme):
         return self.code.partitions_of(worker)
 
     def encode(self, worker: int, gradients: np.ndarray) -> np.ndarray:
-        return self.code.encode(worker, gradients)
+        return self.code.encode(worker, gradients).astype(np.float32)
 
     def aggregate(self, received: dict[int, np.ndarray], complete: bool) -> np.ndarray:
         try:
@@ -65,7 +73,8 @@ class Solon(CodedProtocol):
     def make_scheme(self, config: ExperimentConfig, dimension: int) -> Scheme:
         options, nodes = config.options, config.nodes
         try:
-            code = SolonCode(nodes.n_w, nodes.f_w, solon_load(config), options.compression, dimension, seed=config.seed)
+            load, compression = solon_load(config), options.compression
+            code = SolonCode(nodes.n_w, nodes.f_w, load, compression, dimension, seed=config.seed, rtol=WIRE_RTOL)
         except ConfigError as error:
             raise ConfigError(
                 f"solon (nodes.n_w={nodes.n_w}, nodes.f_w={nodes.f_w}, solon.load={solon_load(config)}, "

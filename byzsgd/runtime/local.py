@@ -19,7 +19,7 @@ import numpy as np
 
 from byzsgd.config import ExperimentConfig
 from byzsgd.faults import FaultInjector
-from byzsgd.messages import Message
+from byzsgd.messages import Message, is_timer, timer_delay
 from byzsgd.metrics import Monitor
 from byzsgd.protocols import PROTOCOLS
 from byzsgd.protocols.base import Node
@@ -50,6 +50,10 @@ class Network:
         self.sent: Counter[str] = Counter()
 
     def send(self, sender: str, messages: list[Message]) -> None:
+        for message in [m for m in messages if is_timer(m) and m.sender == sender]:  # back to the sender only
+            self.sequence += 1
+            heapq.heappush(self.queue, (self.now + timer_delay(message), self.sequence, message))
+        messages = [m for m in messages if not is_timer(m)]
         if not messages:
             return
         if self.injector.observes(sender):

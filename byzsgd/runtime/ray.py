@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import threading
 import zlib
 from collections import Counter, defaultdict, deque
 from dataclasses import replace
@@ -31,8 +33,9 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from byzsgd.config import ExperimentConfig, config_from_dict
 from byzsgd.faults import FaultInjector
-from byzsgd.messages import Message
+from byzsgd.messages import Message, is_timer, timer_delay
 from byzsgd.metrics import Monitor
+from byzsgd.plugins import load_plugins
 from byzsgd.protocols import PROTOCOLS
 from byzsgd.protocols.base import Node
 from byzsgd.runtime import counters_row
@@ -52,6 +55,7 @@ class InjectorActor:
     """Hosts the fault injector, so one adversary coordinates every Byzantine node."""
 
     def __init__(self, config_dict: dict[str, Any]) -> None:
+        load_plugins(config_dict.get("plugins"))  # the user's registered rules and attacks exist here too
         config = config_from_dict(config_dict)
         self.injector = FaultInjector(config)
         self.wait_s = config.network.observe_timeout * config.network.time_unit_s
@@ -80,6 +84,7 @@ class NodeActor:
     """Hosts ``node_ids``; ``adversary`` is the injector actor when an omniscient attack runs."""
 
     def __init__(self, config_dict: dict[str, Any], node_ids: list[str], adversary: Any = None) -> None:
+        load_plugins(config_dict.get("plugins"))  # the user's registered rules and attacks exist here too
         config = config_from_dict(config_dict)
         _setup_process(config)
         protocol = PROTOCOLS[config.protocol]
@@ -151,6 +156,10 @@ class NodeActor:
                 self.snapshots[node.node_id, step] = vector
 
     def _route(self, sender: str, outgoing: list[Message]) -> None:
+        for message in [m for m in outgoing if is_timer(m) and m.sender == sender]:  # back to the sender only
+            delay = timer_delay(message) * self.network.time_unit_s
+            asyncio.get_running_loop().call_later(delay, self._send_late, self.index, message)
+        outgoing = [m for m in outgoing if not is_timer(m)]
         if not outgoing:
             return
         if sender in self.tapped:
@@ -230,6 +239,9 @@ def start_ray(config: ExperimentConfig) -> bool:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Inside a Ray job (ray job submit) RAY_ADDRESS names the cluster: join it, start nothing.
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    # ray.init replaces a SIGTERM handler by one that exits at once; the caller's (the CLI's
+    # turns SIGTERM into an exception, so the run records how it ended and shuts Ray down) wins.
+    caller_sigterm = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
@@ -239,6 +251,8 @@ def start_ray(config: ExperimentConfig) -> bool:
             include_dashboard=False,
             log_to_driver=True,
         )
+    if callable(caller_sigterm):
+        signal.signal(signal.SIGTERM, caller_sigterm)
     return True
 
 
