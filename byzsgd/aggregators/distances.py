@@ -108,6 +108,7 @@ def _distances_from_gram(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     with np.errstate(invalid="ignore", over="ignore"):
         d2 = total - 2.0 * g
         trusted = np.isfinite(d2) & (d2 >= _TRUSTED * total)
+    trusted &= trusted.T  # a product's two halves may round apart: trust a pair only both ways
     np.fill_diagonal(trusted, True)
     return d2, trusted
 
