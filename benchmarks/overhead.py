@@ -53,7 +53,12 @@ WORKLOADS: dict[str, dict[str, Any]] = {
     "mnist-wide": {"data": {"dataset": "mnist5k", "batch_size": 32}, "model": {"name": "mlp", "hidden": 2048}},
     # ResNet-18 for 32x32x3 inputs, d ~ 11.2M: CIFAR-10 from --cifar-root, else generated images.
     "cifar-resnet18": {
-        "data": {"dataset": "synthetic", "batch_size": 32, "params": {"samples": 2000, "shape": [3, 32, 32]}},
+        "data": {
+            "dataset": "synthetic",
+            "batch_size": 32,
+            "params": {"samples": 512, "shape": [3, 32, 32]},
+            "eval_samples": 128,
+        },
         "model": {"name": "resnet18"},
     },
 }
