@@ -122,7 +122,7 @@ class WorkloadUnavailable(RuntimeError):
 
 def make_config(name: str, section: dict[str, Any], args: argparse.Namespace, runtime: str, actors: int | None) -> Any:
     """The experiment config of one system, or None when its protocol is not installed."""
-    from byzsgd.config import config_from_dict
+    from byzsgd.experiment import config_from_dict
     from byzsgd.protocols import PROTOCOLS
     from byzsgd.registry import ConfigError
 

@@ -68,7 +68,7 @@ def actor_memory_mib() -> list[tuple[float, float]]:
 def ray_part(args: argparse.Namespace) -> None:
     import ray
 
-    from byzsgd.config import config_from_dict
+    from byzsgd.experiment import config_from_dict
     from byzsgd.runner import run_experiment
 
     n_ps, n_w = args.servers, args.workers
@@ -118,7 +118,7 @@ def ray_part(args: argparse.Namespace) -> None:
 
 
 def local_part(args: argparse.Namespace) -> None:
-    from byzsgd.config import config_from_dict
+    from byzsgd.experiment import config_from_dict
     from byzsgd.runner import run_experiment
 
     print(f"\nIn-process runtime, ByzSGD, one process, {args.local_steps} steps (servers = n/10):")

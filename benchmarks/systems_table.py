@@ -78,7 +78,7 @@ def experiment(system: str, attack: str, steps: int, accounting: str = "per_step
 def run_one(job: tuple[str, str, int, str]) -> dict[str, Any]:
     import torch
 
-    from byzsgd.config import config_from_dict
+    from byzsgd.experiment import config_from_dict
     from byzsgd.runner import run_experiment
 
     torch.set_num_threads(1)

@@ -19,14 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from byzsgd.config import (
-    ExperimentConfig,
-    apply_override,
-    config_from_dict,
-    default_config_dict,
-    read_yaml_mapping,
-    set_dotted,
-)
+from byzsgd.config import ExperimentConfig, apply_override, default_config_dict, read_yaml_mapping, set_dotted
+from byzsgd.experiment import config_from_dict
 from byzsgd.registry import ConfigError
 
 

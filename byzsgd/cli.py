@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from byzsgd import __version__
-from byzsgd.config import ExperimentConfig, load_config
+from byzsgd.config import ExperimentConfig
+from byzsgd.experiment import load_config
 from byzsgd.registry import ConfigError
 
 # (row key or derived column, header, format) of the summary table.

@@ -7,6 +7,10 @@ top-level key it sets replaces the default's value for that key, a section (``at
 
 Protocol-specific options live in a top-level section named after the protocol (e.g.
 ``byzsgd: {period: 10}``); each protocol registers the dataclass that parses it.
+
+This module is data: parsing and the checks that hold for every protocol. It never imports the
+protocols; :mod:`byzsgd.experiment` hands it their option types (``config_from_dict``,
+``load_config``) and adds each protocol's own checks.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -95,9 +100,10 @@ class AttackConfig:
 @dataclass
 class NetworkConfig:
     """The message bus. The in-process runtime simulates delays in time units; the Ray runtime
-    has a real network and injects only the extra delays below, at ``time_unit_s`` per unit."""
+    has a real network and injects only the extra delays below, at ``time_unit_s`` per unit
+    (``delay`` and ``jitter`` only order each Ray actor's queue: see byzsgd.bus.Mailbox)."""
 
-    delay: float = 1.0  # mean message delay, in simulated time units (in-process runtime only)
+    delay: float = 1.0  # mean message delay, in simulated time units
     jitter: float = 0.5  # delays are uniform in delay * [1 - jitter, 1 + jitter]
     reorder: float = 0.0  # probability that a message is held back, so later ones overtake it
     reorder_delay: float = 3.0  # how long a held-back message waits, in time units
@@ -164,14 +170,15 @@ def default_config_dict() -> dict[str, Any]:
     return yaml.safe_load(text) or {}
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    """The embedded default, the YAML file's keys over it, then ``key=value`` overrides; validated."""
+def read_config_dict(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """The embedded default, the YAML file's keys over it, then ``key=value`` overrides (unchecked:
+    :func:`byzsgd.experiment.load_config` checks them)."""
     data = default_config_dict()
     if path is not None:
         data.update(read_config_file(path))
     for override in overrides:
         apply_override(data, override)
-    return config_from_dict(data)
+    return data
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -232,20 +239,17 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
-    from byzsgd.plugins import load_plugins
-    from byzsgd.protocols import PROTOCOLS  # the protocols register their option sections
-
+def parse_config(data: dict[str, Any], options: Mapping[str, type]) -> ExperimentConfig:
+    """Parse a config mapping and run the checks every protocol shares. ``options`` maps each
+    protocol's name to the dataclass of its option section; the protocol's own rules are
+    checked by :func:`byzsgd.experiment.config_from_dict`."""
     data = dict(data)
-    load_plugins(data.get("plugins"))  # before any registered name (protocol, rule, attack) is looked up
     protocol = data.get("protocol", ExperimentConfig.protocol)
     if not isinstance(protocol, str):
         raise ConfigError(f"protocol: expected a name, got {protocol!r}")
-    try:
-        spec = PROTOCOLS[protocol]
-    except ConfigError as error:
-        raise ConfigError(f"protocol: {error}") from None
-    sections = {name: data.pop(name) for name in PROTOCOLS.names() if name in data}
+    if protocol not in options:
+        raise ConfigError(f"protocol: unknown protocol {protocol!r}; known: {', '.join(sorted(options))}")
+    sections = {name: data.pop(name) for name in options if name in data}
     for name, section in sections.items():
         if section is not None and not isinstance(section, dict):
             raise ConfigError(f"{name}: expected a mapping of protocol options")
@@ -256,8 +260,8 @@ def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
                 f"{name}: these options apply to protocol {name!r}, not to the chosen {protocol!r} "
                 f"(move them to a '{protocol}:' section or remove them)"
             )
-    config = parse_dataclass(ExperimentConfig, data, "", extra_keys=PROTOCOLS.names())
-    config.options = parse_dataclass(spec.options, sections.get(protocol) or {}, protocol)
+    config = parse_dataclass(ExperimentConfig, data, "", extra_keys=sorted(options))
+    config.options = parse_dataclass(options[protocol], sections.get(protocol) or {}, protocol)
     validate(config)
     return config
 
@@ -336,7 +340,6 @@ def join(path: str, key: str) -> str:
 def validate(config: ExperimentConfig) -> None:
     """Checks that hold for every protocol; each protocol then checks its own rules."""
     from byzsgd.checks import check_fields
-    from byzsgd.protocols import PROTOCOLS
 
     positive = {
         "steps": config.steps,
@@ -384,7 +387,6 @@ def validate(config: ExperimentConfig) -> None:
     check_fields(config)
     check_attack(config.attack, "attack", "workers", config.nodes.n_w, config.nodes.f_w)
     check_attack(config.server_attack, "server_attack", "servers", config.nodes.n_ps, config.nodes.f_ps)
-    PROTOCOLS[config.protocol].validate(config)
 
 
 def check_workload(config: ExperimentConfig) -> None:

@@ -23,70 +23,54 @@ import numpy as np
 
 from byzsgd.aggregators import coordinate_median, make_aggregator
 from byzsgd.attacks import ATTACKS, Attack, AttackContext, FlippedLabels
-from byzsgd.config import AttackConfig, ExperimentConfig, byzantine_count
+from byzsgd.config import ExperimentConfig
+from byzsgd.experiment import Experiment, RoleRoster, assemble, choose_byzantine
 from byzsgd.messages import Message
-from byzsgd.protocols import PROTOCOLS
+
+__all__ = ["OBSERVED_ROUNDS", "FaultInjector", "Role", "choose_byzantine", "needs_adversary"]
 
 OBSERVED_ROUNDS = 8  # rounds of observations kept per kind: bounds the adversary's memory
 
 
-def choose_byzantine(attack: AttackConfig, node_ids: list[str], f: int, seed: int, epoch: int = 0) -> list[str]:
-    """The Byzantine nodes of one role: fixed ``ids``, or a seeded random draw (redrawn every
-    epoch when ``rotate_every`` is set)."""
-    if attack.ids is not None:
-        return [node_ids[i] for i in attack.ids]
-    count = byzantine_count(attack, f)
-    chosen = np.random.default_rng([seed, epoch]).choice(len(node_ids), size=count, replace=False)
-    return [node_ids[i] for i in sorted(chosen)]
-
-
 class Role:
-    """The attack on one role (workers or servers) and who carries it out when."""
+    """The attack on one role (workers or servers), carried out by the roster's members."""
 
-    def __init__(self, attack_config: AttackConfig, ids: list[str], f: int, seed: int, aggregate: Callable) -> None:
-        self.config = attack_config
-        self.ids = ids
-        self.seed = seed
-        self.attack: Attack = ATTACKS.build(attack_config.name, **attack_config.params)
-        self.count = byzantine_count(attack_config, f)
-        self.rotate_every = attack_config.rotate_every
-        self.fixed = choose_byzantine(attack_config, ids, f, seed)
+    def __init__(self, roster: RoleRoster, aggregate: Callable) -> None:
+        self.roster = roster
+        self.ids = roster.ids
+        self.count = roster.count
+        self.rotate_every = roster.rotate_every
+        self.attack: Attack = ATTACKS.build(roster.attack.name, **roster.attack.params)
         self.aggregate = aggregate
-        self._epochs: dict[int, frozenset[str]] = {}
 
     def members(self, round_: int | None = None) -> frozenset[str]:
-        """Byzantine at ``round_``; with None, every node that is Byzantine at some round."""
-        if not self.count:
-            return frozenset()
-        if self.rotate_every is None:
-            return frozenset(self.fixed)
-        if round_ is None:
-            return frozenset(self.ids)
-        epoch = max(round_, 0) // self.rotate_every
-        if epoch not in self._epochs:
-            self._epochs[epoch] = frozenset(choose_byzantine(self.config, self.ids, self.count, self.seed, epoch))
-        return self._epochs[epoch]
+        return self.roster.members(round_)
 
     @property
     def correct_count(self) -> int:
-        return len(self.ids) - self.count
+        return self.roster.correct_count
+
+
+def needs_adversary(experiment: Experiment) -> bool:
+    """Whether an omniscient attack runs: its Byzantine nodes then act through one injector
+    (in the Ray runtime, an actor of its own)."""
+    roles = (experiment.roster.workers, experiment.roster.servers)
+    return any(role.count and ATTACKS.build(role.attack.name, **role.attack.params).omniscient for role in roles)
 
 
 class FaultInjector:
-    def __init__(self, config: ExperimentConfig) -> None:
-        protocol = PROTOCOLS[config.protocol]
-        servers, workers = protocol.server_ids(config), protocol.worker_ids(config)
-        nodes = config.nodes
-        gradient_rule = make_aggregator(config.aggregator.name, f=nodes.f_w, **config.aggregator.params)
+    """The adversary of one run. Who is Byzantine comes from the plan's roster, so every
+    process that builds an injector from the same plan agrees by construction."""
+
+    def __init__(self, experiment: Experiment | ExperimentConfig) -> None:
+        if isinstance(experiment, ExperimentConfig):  # a convenience for tests and notebooks
+            experiment = assemble(experiment)
+        config = experiment.config
+        gradient_rule = make_aggregator(config.aggregator.name, f=config.nodes.f_w, **config.aggregator.params)
         self.seed = config.seed
-        self.workers = Role(config.attack, workers, nodes.f_w, config.seed * 7919 + 1, gradient_rule)
-        self.servers = Role(config.server_attack, servers, nodes.f_ps, config.seed * 7919 + 2, coordinate_median)
-        if self.workers.count and config.attack.ids is None and self.workers.rotate_every is None:
-            # Some protocols (DETOX, ByzShield) know which workers an omniscient adversary picks.
-            worst = protocol.worst_case_workers(config, self.workers.count)
-            if worst is not None:
-                self.workers.fixed = [workers[i] for i in worst]
-        self.byzantine = sorted(self.workers.members() | self.servers.members())
+        self.workers = Role(experiment.roster.workers, gradient_rule)
+        self.servers = Role(experiment.roster.servers, coordinate_median)
+        self.byzantine = experiment.roster.byzantine
         self.observed: dict[tuple[str, int], dict[str, np.ndarray]] = {}
         self.colluded: dict[tuple[str, int], np.ndarray | None] = {}
         self.sent = 0

@@ -5,19 +5,18 @@ Each row is flushed as soon as it is complete, so a run that dies keeps every ro
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from byzsgd.results import METRICS_FILE, JsonlWriter, read_jsonl
 from byzsgd.training import Workload
 
-METRICS_FILE = "metrics.jsonl"
+__all__ = ["METRICS_FILE", "JsonlWriter", "Monitor", "diameter", "read_jsonl"]  # the file parts: byzsgd.results
 
 
 def diameter(vectors: np.ndarray) -> float:
@@ -26,29 +25,6 @@ def diameter(vectors: np.ndarray) -> float:
         return 0.0
     points = torch.from_numpy(np.asarray(vectors, dtype=np.float64))
     return float(torch.cdist(points, points).max())
-
-
-class JsonlWriter:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._handle = path.open("a")
-
-    def write(self, row: dict[str, Any]) -> None:
-        self._handle.write(json.dumps(row) + "\n")
-        self._handle.flush()
-
-    def close(self) -> None:
-        self._handle.close()
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a row cut short by a crash: everything before it is intact
-    return rows
 
 
 class Monitor:

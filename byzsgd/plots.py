@@ -28,11 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from byzsgd.metrics import METRICS_FILE, read_jsonl
+from byzsgd import results
 from byzsgd.registry import ConfigError
-from byzsgd.sweep import RESULTS_FILE, RUN_INFO_FILE, describe_value, read_summary
+from byzsgd.sweep.plan import describe_value
 
 # Keys that differ between runs without making them a different setting.
 IGNORED_PREFIXES = ("name", "output_dir", "ray.", "seed", "attack.")
@@ -70,10 +68,10 @@ def find_runs(paths: list[str | Path]) -> list[RunRecord]:
     for path in map(Path, paths):
         if not path.exists():
             raise ConfigError(f"{path}: no such folder")
-        if (path / "config.yaml").is_file():
+        if (path / results.CONFIG_FILE).is_file():
             candidates = [path]
-        elif (path / RESULTS_FILE).is_file():  # a sweep: its current runs, not those of older versions of it
-            with (path / RESULTS_FILE).open(newline="") as handle:
+        elif (path / results.RESULTS_FILE).is_file():  # a sweep: its current runs, not those of older versions of it
+            with (path / results.RESULTS_FILE).open(newline="") as handle:
                 candidates = [path / row["run_id"] for row in csv.DictReader(handle)]
         else:
             candidates = sorted(p for p in path.iterdir() if p.is_dir())
@@ -82,19 +80,18 @@ def find_runs(paths: list[str | Path]) -> list[RunRecord]:
             if record is not None:
                 runs.append(record)
     if not runs:
-        raise ConfigError(f"no run folders (config.yaml and {METRICS_FILE}) in {', '.join(map(str, paths))}")
+        files = f"{results.CONFIG_FILE} and {results.METRICS_FILE}"
+        raise ConfigError(f"no run folders ({files}) in {', '.join(map(str, paths))}")
     return runs
 
 
 def load_run(run_dir: Path) -> RunRecord | None:
-    if not (run_dir / "config.yaml").is_file() or not (run_dir / METRICS_FILE).is_file():
+    if not results.is_run_dir(run_dir):
         return None
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    label = None
-    if (run_dir / RUN_INFO_FILE).is_file():
-        label = json.loads((run_dir / RUN_INFO_FILE).read_text()).get("label")
-    rows = read_jsonl(run_dir / METRICS_FILE)
-    return RunRecord(run_dir, config, rows, read_summary(run_dir) or {}, label, flatten(config))
+    config = results.read_config(run_dir)
+    label = results.read_run_info(run_dir).get("label")
+    rows, summary = results.read_metrics(run_dir), results.read_summary(run_dir) or {}
+    return RunRecord(run_dir, config, rows, summary, label, flatten(config))
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:

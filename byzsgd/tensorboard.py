@@ -11,8 +11,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from byzsgd.metrics import METRICS_FILE, read_jsonl
 from byzsgd.registry import ConfigError
+from byzsgd.results import METRICS_FILE, read_jsonl
 
 TENSORBOARD_DIR = "tensorboard"
 SKIPPED = ("step", "test_acc_per_server")

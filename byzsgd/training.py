@@ -64,14 +64,19 @@ class Workload:
         size = batch_size_of(self.config.data, worker_index, self.config.nodes.n_w)  # each worker its own batch
         return BatchSampler(self.shards()[worker_index], size, seed)
 
-    def gradient(self, vector: torch.Tensor, batch: np.ndarray) -> tuple[torch.Tensor, float]:
+    def gradient(
+        self, vector: torch.Tensor, batch: np.ndarray, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, float]:
+        """The loss gradient at ``vector`` on the training samples ``batch``; ``labels`` replaces
+        the training labels (a label-flipping worker's)."""
         set_vector(self.model, vector)
         self.model.zero_grad(set_to_none=False)
         index = torch.from_numpy(batch).to(self.device)
         inputs = self._x_train[index]
         if self.augment is not None:
             inputs = crop_and_flip(inputs, self.augment)
-        loss = F.cross_entropy(self.model(inputs), self._y_train[index])
+        labels = self._y_train if labels is None else labels
+        loss = F.cross_entropy(self.model(inputs), labels[index])
         loss.backward()
         return grad_vector(self.model).detach().clone(), float(loss.detach())
 

@@ -286,7 +286,8 @@ def config_leaves(cls: type, prefix: str = "") -> list[str]:
 def test_no_value_of_any_field_escapes_as_anything_but_a_one_line_config_error():
     """Property over every field (new ones included): odd values are accepted or refused with a
     ConfigError on one line, never another exception."""
-    from byzsgd.config import ExperimentConfig, load_config
+    from byzsgd.config import ExperimentConfig
+    from byzsgd.experiment import load_config
     from byzsgd.protocols.byzsgd import ByzSGDOptions
     from byzsgd.registry import ConfigError
 

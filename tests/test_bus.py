@@ -6,6 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from byzsgd.experiment import assemble
 from byzsgd.faults import FaultInjector
 from byzsgd.messages import Channel, Inbox, Message
 from byzsgd.runner import run_experiment
@@ -103,7 +104,7 @@ def test_the_bus_stamps_the_real_sender_on_a_spoofed_message(monkeypatch):
             return [(replace(m, sender="w0"), 0.0) for m in messages]
 
     config = make_config(attack={"name": "signflip", "ids": [6]})
-    network = local.Network({}, Spoofing(config), config, monitor=None)
+    network = local.Network({}, Spoofing(config), assemble(config), monitor=None)
     payload = np.zeros(3, np.float32)
     network.send("w6", [Message("w6", "ps0", "gradient", 0, payload)])
     assert [m.sender for _, _, m in network.queue] == ["w6"]

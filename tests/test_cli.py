@@ -11,7 +11,7 @@ import yaml
 
 from byzsgd import __version__
 from byzsgd.cli import main, summary_table
-from byzsgd.config import load_config
+from byzsgd.experiment import load_config
 from byzsgd.metrics import read_jsonl
 from byzsgd.registry import ConfigError
 from byzsgd.storage import JOB_ROOT_VARIABLE, RAY_JOB_VARIABLE, resolve_output

@@ -1,6 +1,6 @@
 import pytest
 
-from byzsgd.config import load_config
+from byzsgd.experiment import load_config
 from byzsgd.protocols.byzsgd import gather_period
 from byzsgd.registry import ConfigError
 from tests.conftest import make_config

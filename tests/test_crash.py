@@ -22,8 +22,8 @@ class RecordedActors:
         recorder = self
 
         class Remote:
-            def remote(self, config_dict, node_ids, *args, **kwargs):
-                handle = shell.remote(config_dict, node_ids, *args, **kwargs)
+            def remote(self, plan, node_ids, *args, **kwargs):
+                handle = shell.remote(plan, node_ids, *args, **kwargs)
                 recorder.handles.update(dict.fromkeys(node_ids, handle))
                 return handle
 

@@ -6,6 +6,7 @@ import pytest
 
 from byzsgd import faults
 from byzsgd.attacks import FlippedLabels
+from byzsgd.experiment import assemble
 from byzsgd.faults import FaultInjector
 from byzsgd.messages import broadcast
 from byzsgd.metrics import Monitor
@@ -64,10 +65,15 @@ def test_omniscient_adversary_waits_for_the_correct_gradients_of_the_round(recor
 
 
 def test_the_adversary_never_stalls_the_run_when_correct_vectors_never_all_come(monkeypatch, recording):
+    attack = {"name": "ipm", "params": {"eps": 0.5}}
+    complete = run(steps=20, attack=attack)[-1]["byzantine_messages"]  # the adversary sees all 5 every round
     monkeypatch.setattr(faults.Role, "correct_count", property(lambda self: 10**6))
-    rows = run(steps=20, attack={"name": "ipm", "params": {"eps": 0.5}})
-    assert rows[-1]["step"] == 20 and rows[-1]["byzantine_messages"] > 0
-    assert all(seen <= 5 for seen in recording[-1].seen)  # released by the timeout
+    rows = run(steps=20, attack=attack)
+    assert rows[-1]["step"] == 20
+    # Released by the timeout: every round's attack went out, built from what had arrived, except
+    # the last round's (2 Byzantine workers x 5 servers), which may still wait when the run ends.
+    assert complete - 2 * 5 <= rows[-1]["byzantine_messages"] <= complete
+    assert len(recording[-1].seen) > 0 and min(recording[-1].seen) >= 1
 
 
 def test_crashed_worker_and_server_do_not_stop_the_async_run():
@@ -85,7 +91,7 @@ def test_drop_loses_about_p_of_the_faulty_nodes_messages():
 def network(**net):
     config = make_config(network=net, attack={"name": "slow", "params": {"delay": 10.0}, "ids": [0]})
     injector = FaultInjector(config)
-    return local.Network({}, injector, config, Monitor(Workload(config), [], 1))
+    return local.Network({}, injector, assemble(config), Monitor(Workload(config), [], 1))
 
 
 def delivery(net):

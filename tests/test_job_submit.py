@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from byzsgd.config import load_config
+from byzsgd.experiment import load_config
 from byzsgd.metrics import read_jsonl
 from byzsgd.registry import ConfigError
 from byzsgd.runner import run_experiment

@@ -8,7 +8,7 @@ import yaml
 
 import byzsgd.runner
 from byzsgd.cli import main
-from byzsgd.config import config_from_dict
+from byzsgd.experiment import config_from_dict
 from byzsgd.metrics import read_jsonl
 from byzsgd.registry import ConfigError
 from byzsgd.sweep import config_hash, expand_sweep, run_status, run_sweep
@@ -101,6 +101,16 @@ def test_a_mapping_value_replaces_the_whole_section():
         ("gaussian", {"std": 5.0}),
         ("nan", {}),  # signflip's scale would be an unknown parameter of nan
     ]
+
+
+def test_a_base_shared_by_several_protocols_gives_each_run_its_own_options_section():
+    sweep = {"variants": [{"label": "async", "protocol": "byzsgd"}, {"label": "sync", "protocol": "byzsgd-sync"}]}
+    plan = expand_sweep(base(byzsgd={"period": 3}, sweep=sweep), out_dir="x")
+    by_label = {r.label: r.config for r in plan.runs}
+    assert by_label["async"].options.period == 3
+    assert by_label["sync"].protocol == "byzsgd-sync"
+    with pytest.raises(ConfigError, match="apply to protocol 'byzsgd'"):  # a single run still refuses it
+        config_from_dict(base(protocol="byzsgd-sync", byzsgd={"period": 3}))
 
 
 def test_a_variant_can_pin_a_swept_key_and_identical_runs_are_planned_once():

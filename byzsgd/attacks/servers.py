@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from byzsgd.attacks.base import ATTACKS, Attack, AttackContext
+from byzsgd.nodes import node_index
 from byzsgd.registry import ConfigError
 
 
@@ -48,7 +49,7 @@ class Equivocation(Attack):
     def poisons(self, receiver: str) -> bool:
         if self.targets is not None:
             return receiver in self.targets
-        return int(receiver.lstrip("psw")) % 2 == 1
+        return node_index(receiver) % 2 == 1
 
     def __call__(self, honest: np.ndarray, context: AttackContext) -> np.ndarray | None:
         return self.poison(honest, context) if self.poisons(context.receiver) else honest

@@ -6,10 +6,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from byzsgd.attacks.base import ATTACKS, Attack, AttackContext, as_payload
-from byzsgd.models import grad_vector, set_vector
 
 
 @ATTACKS.register("none")
@@ -91,17 +89,10 @@ class FlippedLabels:
     def __init__(self, workload: Any) -> None:
         self.workload = workload
         data = workload.data
-        self._x = torch.from_numpy(data.x_train).to(workload.device)
         self._y = torch.from_numpy(data.num_classes - 1 - data.y_train).to(workload.device)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.workload, name)
 
     def gradient(self, vector: torch.Tensor, batch: np.ndarray) -> tuple[torch.Tensor, float]:
-        model = self.workload.model
-        set_vector(model, vector)
-        model.zero_grad(set_to_none=False)
-        index = torch.from_numpy(batch).to(self.workload.device)
-        loss = F.cross_entropy(model(self._x[index]), self._y[index])
-        loss.backward()
-        return grad_vector(model).detach().clone(), float(loss.detach())
+        return self.workload.gradient(vector, batch, labels=self._y)

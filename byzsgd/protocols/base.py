@@ -14,22 +14,25 @@ import numpy as np
 import torch
 
 from byzsgd.messages import Inbox, Message
+from byzsgd.nodes import node_index, server_ids, worker_ids
+from byzsgd.registry import Registry
 
 if TYPE_CHECKING:
     from byzsgd.config import ExperimentConfig
     from byzsgd.training import Workload
 
-
-def server_ids(count: int) -> list[str]:
-    return [f"ps{i}" for i in range(count)]
-
-
-def worker_ids(count: int) -> list[str]:
-    return [f"w{i}" for i in range(count)]
-
-
-def node_index(node_id: str) -> int:
-    return int(node_id.lstrip("psw"))
+__all__ = [
+    "PROTOCOLS",
+    "Node",
+    "Protocol",
+    "ServerNode",
+    "node_index",
+    "register",
+    "server_ids",
+    "stack_payloads",
+    "to_payload",
+    "worker_ids",
+]
 
 
 # Bytes written by to_payload and stack_payloads in this process, by function: the payload copies
@@ -124,6 +127,23 @@ class Protocol:
         not given), or None to let the fault injector draw them at random."""
         return None
 
+    def derive(self, config: ExperimentConfig) -> dict[str, Any]:
+        """Results of expensive searches on the config (DETOX's worst case), computed once per
+        run in the driver; the plan carries them to every process that builds nodes."""
+        return {}
+
+    def restore(self, derived: dict[str, Any]) -> None:
+        """Adopt what :meth:`derive` computed in the driver, so building nodes repeats no search."""
+
     def describe(self, config: ExperimentConfig) -> dict[str, Any]:
         """Derived settings worth printing and recording (e.g. ByzSGD's gather period)."""
         return {}
+
+
+PROTOCOLS: Registry[Protocol] = Registry("protocol")
+
+
+def register(protocol: Protocol) -> Protocol:
+    """Make ``protocol`` selectable by name (``protocol:`` in YAML); each protocol module calls it."""
+    PROTOCOLS.register(protocol.name)(protocol)
+    return protocol

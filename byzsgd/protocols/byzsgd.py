@@ -22,8 +22,7 @@ from byzsgd.config import ExperimentConfig
 from byzsgd.messages import Channel, Inbox, Message, broadcast
 from byzsgd.optim import make_estimator, make_optimizer
 from byzsgd.optim.estimators import GradientEstimator
-from byzsgd.protocols import register
-from byzsgd.protocols.base import Node, Protocol, ServerNode, node_index, stack_payloads, to_payload
+from byzsgd.protocols.base import Node, Protocol, ServerNode, node_index, register, stack_payloads, to_payload
 from byzsgd.registry import ConfigError
 from byzsgd.training import Workload
 
@@ -32,8 +31,10 @@ Rule = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass
 class ByzSGDOptions:
-    period: int | None = None  # T, steps between Gather phases; default floor(1/(3*L*lr))
-    lipschitz: float = 1.0  # L, the Lipschitz estimate the default T is derived from
+    period: int | None = None  # T, steps between Gather phases; default floor(1/(3*L*lr)) as in the authors' prototype
+    # L, the loss's Lipschitz-smoothness constant in that bound: a user setting, never estimated
+    # from the run (the prototype takes L as given); 1.0 is a guess, not a measurement.
+    lipschitz: float = 1.0
     max_period: int = 50  # cap on the derived T
     model_rule: str = "median"  # how workers and DMC combine models ("mean" = non-robust baseline)
     window: int = 64  # rounds ahead a node buffers before rejecting messages as "future"
@@ -88,33 +89,50 @@ class ByzSGDServer(ServerNode):
             return []
         out: list[Message] = []
         while not self.done:
-            if self.gathering:
-                models = self.inbox.quorum("gather", self.step, self.q_ps - 1)
-                if models is None:
-                    break
-                self.inbox.advance("gather", self.step + 1)
-                stacked = stack_payloads([self.vector, *models], self.vector.device)
-                self.vector = self.model_rule(stacked)
-                self.gathering = False
-                self.report()
-                out += broadcast(self.node_id, self.workers, "model", self.step, to_payload(self.vector))
-            else:
-                gradients = self.inbox.quorum("gradient", self.step, self.q_w)
-                if gradients is None:
-                    break
-                self.inbox.advance("gradient", self.step + 1)
-                gradient = self.aggregator(stack_payloads(gradients, self.vector.device))
-                self.vector = self.optimizer.step(self.vector, gradient)
-                self.step += 1
-                if self.done:
-                    self.report()
-                elif self.step % self.period == 0:
-                    self.gathering = True
-                    out += broadcast(self.node_id, self.peers, "gather", self.step, to_payload(self.vector))
-                else:
-                    self.report()
-                    out += broadcast(self.node_id, self.workers, "model", self.step, to_payload(self.vector))
+            sent = self._gather() if self.gathering else self._scatter()
+            if sent is None:  # the phase's quorum is not there yet
+                break
+            out += sent
         return out
+
+    def _scatter(self) -> list[Message] | None:
+        """A Scatter step: aggregate the round's first q_w gradients and take an optimizer step;
+        then send the model to the workers or, every T steps, to the other servers (Gather)."""
+        gradients = self.inbox.quorum("gradient", self.step, self.q_w)
+        if gradients is None:
+            return None
+        self.inbox.advance("gradient", self.step + 1)
+        gradient = self.aggregator(stack_payloads(gradients, self.vector.device))
+        self.vector = self.optimizer.step(self.vector, gradient)
+        self.step += 1
+        if self.done:
+            self.report()
+            return []
+        if self.step % self.period == 0:
+            self.gathering = True
+            return broadcast(self.node_id, self.peers, "gather", self.step, to_payload(self.vector))
+        self.report()
+        return broadcast(self.node_id, self.workers, "model", self.step, to_payload(self.vector))
+
+    def _gather(self) -> list[Message] | None:
+        """The Gather phase: DMC over the first q_ps - 1 peer models of this step, then back to
+        Scatter with the contracted model."""
+        models = self.inbox.quorum("gather", self.step, self.q_ps - 1)
+        if models is None:
+            return None
+        self.inbox.advance("gather", self.step + 1)
+        peers = stack_payloads(models, self.vector.device)
+        self.vector = distributed_median_contraction(self.vector, peers, self.model_rule)
+        self.gathering = False
+        self.report()
+        return broadcast(self.node_id, self.workers, "model", self.step, to_payload(self.vector))
+
+
+def distributed_median_contraction(own: torch.Tensor, peers: torch.Tensor, model_rule: Rule) -> torch.Tensor:
+    """DMC: a server's new model is the coordinate-wise median (``model_rule``) of its own model
+    and the (n, d) models of its first q_ps - 1 peers. Correct servers' models contract towards
+    each other however the Byzantine servers pick theirs."""
+    return model_rule(torch.cat([own[None], peers]))
 
 
 class ByzSGDWorker(Node):
@@ -174,46 +192,67 @@ class ByzSGD(Protocol):
         rule = config.aggregator
         check_rule("aggregator.name", rule.name, nodes.f_w, nodes.n_w - nodes.f_w, rule.params)
         check_rule("byzsgd.model_rule", options.model_rule, nodes.f_ps, nodes.n_ps - nodes.f_ps)
-        make_aggregator(config.aggregator.name, f=nodes.f_w, **config.aggregator.params)
 
     def make_node(self, config: ExperimentConfig, node_id: str, workload: Workload) -> Node:
         nodes, options = config.nodes, config.options
-        servers, workers = self.server_ids(config), self.worker_ids(config)
         model_rule = make_aggregator(options.model_rule, f=nodes.f_ps)
-        if node_id in workers:
-            return ByzSGDWorker(
-                node_id,
-                workload,
-                servers=servers,
-                model_rule=model_rule,
-                q_ps=nodes.n_ps - nodes.f_ps,
-                window=options.window,
-                estimator=make_estimator(config.optimizer),
-            )
-        return ByzSGDServer(
-            node_id,
-            workload.initial_vector(),
-            servers=servers,
-            workers=workers,
-            aggregator=make_aggregator(config.aggregator.name, f=nodes.f_w, **config.aggregator.params),
-            model_rule=model_rule,
-            optimizer=make_optimizer(config.optimizer),
-            q_w=nodes.n_w - nodes.f_w,
-            q_ps=nodes.n_ps - nodes.f_ps,
-            period=gather_period(config),
-            steps=config.steps,
-            report_every=config.eval_every,
-            window=options.window,
-        )
+        q_ps, period = nodes.n_ps - nodes.f_ps, gather_period(config)
+        return make_scatter_node(self, config, node_id, workload, model_rule, q_ps, period, options.window)
 
     def describe(self, config: ExperimentConfig) -> dict[str, Any]:
         nodes = config.nodes
         return {"gather_period": gather_period(config), "q_w": nodes.n_w - nodes.f_w, "q_ps": nodes.n_ps - nodes.f_ps}
 
 
+def make_scatter_node(
+    protocol: Protocol,
+    config: ExperimentConfig,
+    node_id: str,
+    workload: Workload,
+    model_rule: Rule,
+    q_ps: int,
+    period: int,
+    window: int,
+    server: type[ByzSGDServer] | None = None,
+    **server_options: Any,
+) -> Node:
+    """A ByzSGD worker or server (also the parameter server's, which has one server and never
+    gathers): workers combine the first ``q_ps`` models with ``model_rule``; servers (``server``,
+    default :class:`ByzSGDServer`, with ``server_options``) aggregate the first n_w - f_w
+    gradients with ``aggregator`` and gather every ``period`` steps."""
+    nodes = config.nodes
+    servers, workers = protocol.server_ids(config), protocol.worker_ids(config)
+    if node_id in workers:
+        return ByzSGDWorker(
+            node_id,
+            workload,
+            servers=servers,
+            model_rule=model_rule,
+            q_ps=q_ps,
+            window=window,
+            estimator=make_estimator(config.optimizer),
+        )
+    return (server or ByzSGDServer)(
+        node_id,
+        workload.initial_vector(),
+        servers=servers,
+        workers=workers,
+        aggregator=make_aggregator(config.aggregator.name, f=nodes.f_w, **config.aggregator.params),
+        model_rule=model_rule,
+        optimizer=make_optimizer(config.optimizer),
+        q_w=nodes.n_w - nodes.f_w,
+        q_ps=q_ps,
+        period=period,
+        steps=config.steps,
+        report_every=config.eval_every,
+        window=window,
+        **server_options,
+    )
+
+
 def check_rule(field: str, name: str, f: int, inputs: int, params: dict[str, Any] | None = None) -> None:
     """Fail at load time when a rule (with its params: wrappers such as ctma need their base)
-    cannot run on the quorum it will be given."""
+    cannot run on the quorum it will be given, or cannot be built from its params."""
     try:
         rule = AGGREGATORS[name]
     except ConfigError as error:
@@ -221,6 +260,7 @@ def check_rule(field: str, name: str, f: int, inputs: int, params: dict[str, Any
     needed = rule.min_inputs(f, **(params or {}))
     if inputs < needed:
         raise ConfigError(f"{field}={name!r} with f={f} needs {needed} inputs, but a quorum has {inputs}")
+    make_aggregator(name, f=f, **(params or {}))
 
 
 register(ByzSGD())

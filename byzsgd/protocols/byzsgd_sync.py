@@ -50,8 +50,7 @@ from byzsgd.config import ExperimentConfig
 from byzsgd.messages import Message, broadcast, is_timer, timer
 from byzsgd.optim import make_estimator
 from byzsgd.optim.estimators import GradientEstimator
-from byzsgd.protocols import register
-from byzsgd.protocols.base import Node, stack_payloads, to_payload
+from byzsgd.protocols.base import Node, register, stack_payloads, to_payload
 from byzsgd.protocols.byzsgd import ByzSGD, ByzSGDOptions, ByzSGDServer, ByzSGDWorker, Rule, gather_period
 from byzsgd.registry import ConfigError
 from byzsgd.training import Workload

@@ -48,7 +48,7 @@ from byzsgd.coding import (
     worst_case,
 )
 from byzsgd.config import ExperimentConfig, byzantine_count
-from byzsgd.protocols import register
+from byzsgd.protocols.base import register
 from byzsgd.protocols.coded import CodedProtocol, NotDecodable, Scheme
 from byzsgd.registry import ConfigError
 
@@ -91,11 +91,18 @@ def assignment_of(config: ExperimentConfig) -> Assignment:
     return build_assignment(options.assignment, config.nodes.n_w, options.replication, options.load)
 
 
-@functools.lru_cache(maxsize=64)
+# (assignment, n_w, r, load, q) -> distortable(...): the search is exhaustive, so a run does it
+# once, in the driver (Detox.derive), and the processes that build nodes adopt it (Detox.restore).
+SEARCHED: dict[tuple[str, int, int, int | None, int], tuple[int, tuple[int, ...]]] = {}
+
+
 def distortable(kind: str, workers: int, r: int, load: int | None, q: int) -> tuple[int, tuple[int, ...]]:
     """``(c_max(q), a worst-case worker set)`` for the assignment."""
-    result = worst_case(build_assignment(kind, workers, r, load), q)
-    return result.count, result.workers
+    key = (kind, workers, r, load, q)
+    if key not in SEARCHED:
+        result = worst_case(build_assignment(kind, workers, r, load), q)
+        SEARCHED[key] = result.count, result.workers
+    return SEARCHED[key]
 
 
 class FileVoteScheme(Scheme):
@@ -178,6 +185,15 @@ class Detox(CodedProtocol):
         if options.adversary != "worst_case":
             return None
         return list(distortable(options.assignment, config.nodes.n_w, options.replication, options.load, count)[1])
+
+    def derive(self, config: ExperimentConfig) -> dict[str, Any]:
+        options, n_w = config.options, config.nodes.n_w
+        qs = {config.nodes.f_w, byzantine_count(config.attack, config.nodes.f_w)}
+        keys = [(options.assignment, n_w, options.replication, options.load, q) for q in sorted(qs)]
+        return {"distortable": {key: distortable(*key) for key in keys}}
+
+    def restore(self, derived: dict[str, Any]) -> None:
+        SEARCHED.update(derived.get("distortable", {}))
 
     def describe(self, config: ExperimentConfig) -> dict[str, Any]:
         assignment = assignment_of(config)

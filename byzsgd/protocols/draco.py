@@ -22,7 +22,7 @@ import numpy as np
 
 from byzsgd.coding import CyclicCode, DecodingError, RepetitionCode
 from byzsgd.config import ExperimentConfig
-from byzsgd.protocols import register
+from byzsgd.protocols.base import register
 from byzsgd.protocols.coded import CodedProtocol, NotDecodable, Scheme
 from byzsgd.registry import ConfigError
 

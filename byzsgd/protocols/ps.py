@@ -23,13 +23,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from byzsgd.aggregators import make_aggregator
 from byzsgd.config import ExperimentConfig
 from byzsgd.messages import Message, broadcast, is_timer, timer
 from byzsgd.optim import make_estimator, make_optimizer
-from byzsgd.protocols import register
-from byzsgd.protocols.base import Node, Protocol, stack_payloads, to_payload
-from byzsgd.protocols.byzsgd import ByzSGDServer, ByzSGDWorker, check_rule
+from byzsgd.protocols.base import Node, Protocol, register, stack_payloads, to_payload
+from byzsgd.protocols.byzsgd import ByzSGDServer, check_rule, make_scatter_node
 from byzsgd.registry import ConfigError
 from byzsgd.training import Workload
 
@@ -114,40 +112,13 @@ class ParameterServer(Protocol):
         rule = config.aggregator
         inputs = nodes.n_w if options.wait == "all" else nodes.n_w - nodes.f_w
         check_rule("aggregator.name", rule.name, nodes.f_w, inputs, rule.params)
-        make_aggregator(config.aggregator.name, f=nodes.f_w, **config.aggregator.params)
         check_optimizer(config)
 
     def make_node(self, config: ExperimentConfig, node_id: str, workload: Workload) -> Node:
-        nodes, window = config.nodes, config.options.window
-        servers, workers = self.server_ids(config), self.worker_ids(config)
-        if node_id in workers:
-            return ByzSGDWorker(
-                node_id,
-                workload,
-                servers=servers,
-                model_rule=first_model,
-                q_ps=1,
-                window=window,
-                estimator=make_estimator(config.optimizer),
-            )
-        server = WaitForAllServer if config.options.wait == "all" else ByzSGDServer
-        extra = {"timeout": config.options.timeout} if config.options.wait == "all" else {}
-        return server(
-            node_id,
-            workload.initial_vector(),
-            servers=servers,
-            workers=workers,
-            aggregator=make_aggregator(config.aggregator.name, f=nodes.f_w, **config.aggregator.params),
-            model_rule=first_model,
-            optimizer=make_optimizer(config.optimizer),
-            q_w=nodes.n_w - nodes.f_w,
-            q_ps=1,
-            period=config.steps + 1,  # never gathers: there is no other server
-            steps=config.steps,
-            report_every=config.eval_every,
-            window=window,
-            **extra,
-        )
+        options = config.options
+        server = {"server": WaitForAllServer, "timeout": options.timeout} if options.wait == "all" else {}
+        never = config.steps + 1  # the gather period: there is no other server to gather with
+        return make_scatter_node(self, config, node_id, workload, first_model, 1, never, options.window, **server)
 
     def describe(self, config: ExperimentConfig) -> dict[str, Any]:
         if config.options.wait == "all":

@@ -11,49 +11,53 @@ a Byzantine node's messages wait (parked) until it has seen the round, at most
 from __future__ import annotations
 
 import heapq
-from collections import Counter
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from byzsgd.config import ExperimentConfig
+from byzsgd.bus import Bus, StalledError, counters_row
+from byzsgd.experiment import Experiment
 from byzsgd.faults import FaultInjector
-from byzsgd.messages import Message, is_timer, timer_delay
+from byzsgd.messages import Message
 from byzsgd.metrics import Monitor
-from byzsgd.protocols import PROTOCOLS
 from byzsgd.protocols.base import Node
-from byzsgd.runtime import counters_row
 
-
-class StalledError(RuntimeError):
-    """No message is in flight but the correct servers have not finished."""
+__all__ = ["Network", "StalledError", "run_local"]
 
 
 class Network:
+    """The clock: delivers what the bus sends after its seeded random delay plus its hold."""
+
     def __init__(
-        self, nodes: dict[str, Node], injector: FaultInjector, config: ExperimentConfig, monitor: Monitor
+        self, nodes: dict[str, Node], injector: FaultInjector, experiment: Experiment, monitor: Monitor
     ) -> None:
+        config = experiment.config
         self.nodes = nodes
         self.injector = injector
         self.monitor = monitor
-        self.rng = np.random.default_rng([config.seed, 1])
-        self.reorder_rng = np.random.default_rng([config.seed, 2])
-        self.delay, self.jitter = config.network.delay, config.network.jitter
-        self.reorder, self.reorder_delay = config.network.reorder, config.network.reorder_delay
+        self.bus = Bus(
+            injector,
+            config.network,
+            experiment.node_ids,
+            delay_rng=np.random.default_rng([config.seed, 1]),
+            reorder_rng=np.random.default_rng([config.seed, 2]),
+        )
         self.observe_timeout = config.network.observe_timeout
         # Heap of (time, sequence, message), or of (time, sequence, parked id): a wait running out.
         self.queue: list[tuple[float, int, Message | int]] = []
         self.parked: dict[int, tuple[str, list[Message]]] = {}
         self.now = 0.0
         self.sequence = 0
-        self.sent: Counter[str] = Counter()
+
+    @property
+    def sent(self) -> dict[str, int]:
+        return self.bus.sent
 
     def send(self, sender: str, messages: list[Message]) -> None:
-        for message in [m for m in messages if is_timer(m) and m.sender == sender]:  # back to the sender only
+        timers, messages = self.bus.timers(sender, messages)
+        for message, delay in timers:
             self.sequence += 1
-            heapq.heappush(self.queue, (self.now + timer_delay(message), self.sequence, message))
-        messages = [m for m in messages if not is_timer(m)]
+            heapq.heappush(self.queue, (self.now + delay, self.sequence, message))
         if not messages:
             return
         if self.injector.observes(sender):
@@ -68,20 +72,9 @@ class Network:
             heapq.heappush(self.queue, (self.now + self.observe_timeout, self.sequence, self.sequence))
 
     def transmit(self, sender: str, messages: list[Message]) -> None:
-        planned = [(m, 0.0) for m in messages]
-        if self.injector.is_byzantine(sender):
-            planned = self.injector.corrupt(messages)
-            self.sent["byzantine_messages"] += len(planned)
-        for message, hold in planned:
-            if message.sender != sender:  # the bus stamps the sender: an attack cannot speak as another node
-                message = replace(message, sender=sender)
-            spread = self.rng.uniform(1 - self.jitter, 1 + self.jitter)
-            if self.reorder and self.reorder_rng.random() < self.reorder:
-                hold += self.reorder_delay
+        for message, delay, hold in self.bus.send(sender, messages):
             self.sequence += 1
-            heapq.heappush(self.queue, (self.now + self.delay * spread + hold, self.sequence, message))
-            self.sent["messages"] += 1
-            self.sent["bytes"] += getattr(message.payload, "nbytes", 0)  # a Byzantine payload may be anything
+            heapq.heappush(self.queue, (self.now + delay + hold, self.sequence, message))
 
     def forward_reports(self, node: Node) -> None:
         for step, vector in node.drain_reports():
@@ -108,14 +101,11 @@ class Network:
             raise StalledError(f"the run stalled: no message in flight, server steps {steps}")
 
 
-def run_local(config: ExperimentConfig, monitor: Monitor) -> dict[str, Any]:
-    protocol = PROTOCOLS[config.protocol]
-    workload = monitor.workload
-    ids = protocol.server_ids(config) + protocol.worker_ids(config)
-    injector = FaultInjector(config)
+def run_local(experiment: Experiment, monitor: Monitor) -> dict[str, Any]:
+    injector = FaultInjector(experiment)
     # One workload serves every node: the simulation shares data and the model's buffers.
-    nodes = {node_id: protocol.make_node(config, node_id, injector.workload_for(node_id, workload)) for node_id in ids}
-    network = Network(nodes, injector, config, monitor)
+    nodes = experiment.make_nodes(experiment.node_ids, lambda n: injector.workload_for(n, monitor.workload))
+    network = Network(nodes, injector, experiment, monitor)
     monitor.counters = lambda: counters_row(
         network.sent, (node.rejected for n, node in nodes.items() if not injector.is_byzantine(n))
     )

@@ -1,8 +1,11 @@
 """The Ray runtime: protocol nodes hosted by actors that send each other messages directly.
 
 By default each node is its own actor (``ray.actors: null``); with ``ray.actors: k`` the nodes
-are dealt over k actors. An actor is a thin shell: it queues incoming messages, hands them one
-at a time to the node they are for, stamps the sender on what that node sends, and delivers it:
+are dealt over k actors, each built from the driver's plan (:class:`byzsgd.experiment.Experiment`).
+An actor is a mailbox and a batcher: it queues incoming messages, hands them one at a time to the
+node they are for in the order of their simulated network delays (:class:`byzsgd.bus.Mailbox`: so
+co-hosted nodes see messages in different orders, as over a network), passes what that node sends
+through the bus (:mod:`byzsgd.bus`), and delivers it:
 in its own queue when the receiver lives here, otherwise batched, one ``deliver`` call per
 receiving actor once its queue has run dry (a Ray call costs ~2 ms of CPU, shipping a payload
 much less). A payload goes once per call, a small one inline, a large one as one ``ray.put``
@@ -20,8 +23,7 @@ import os
 import signal
 import threading
 import zlib
-from collections import Counter, defaultdict, deque
-from dataclasses import replace
+from collections import Counter, defaultdict
 from typing import Any
 
 import numpy as np
@@ -31,19 +33,21 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from byzsgd.config import ExperimentConfig, config_from_dict
-from byzsgd.faults import FaultInjector
-from byzsgd.messages import Message, is_timer, timer_delay
+from byzsgd.bus import Bus, Mailbox, Planned, StalledError, counters_row
+from byzsgd.config import ExperimentConfig
+from byzsgd.experiment import Experiment, host_groups
+from byzsgd.faults import FaultInjector, needs_adversary
+from byzsgd.messages import Message
 from byzsgd.metrics import Monitor
 from byzsgd.plugins import load_plugins
-from byzsgd.protocols import PROTOCOLS
 from byzsgd.protocols.base import Node
-from byzsgd.runtime import counters_row
-from byzsgd.runtime.local import StalledError
 from byzsgd.training import Workload
 
-# What a batched call carries per message: sender, receiver, kind, round, index of its payload.
-Header = tuple[str, str, str, int, int]
+__all__ = ["InjectorActor", "NodeActor", "Placement", "host_groups", "run_ray", "shipped", "start_ray"]
+
+# What a batched call carries per message: sender, receiver, kind, round, index of its payload,
+# and its lead (when it is due, relative to the sender's clock: see Mailbox).
+Header = tuple[str, str, str, int, int, float]
 
 
 def _setup_process(config: ExperimentConfig) -> None:
@@ -54,10 +58,10 @@ def _setup_process(config: ExperimentConfig) -> None:
 class InjectorActor:
     """Hosts the fault injector, so one adversary coordinates every Byzantine node."""
 
-    def __init__(self, config_dict: dict[str, Any]) -> None:
-        load_plugins(config_dict.get("plugins"))  # the user's registered rules and attacks exist here too
-        config = config_from_dict(config_dict)
-        self.injector = FaultInjector(config)
+    def __init__(self, experiment: Experiment) -> None:
+        load_plugins(experiment.config.plugins)  # the user's registered rules and attacks exist here too
+        config = experiment.config
+        self.injector = FaultInjector(experiment)
         self.wait_s = config.network.observe_timeout * config.network.time_unit_s
         self.observed = asyncio.Event()
 
@@ -81,32 +85,36 @@ class InjectorActor:
 
 @ray.remote
 class NodeActor:
-    """Hosts ``node_ids``; ``adversary`` is the injector actor when an omniscient attack runs."""
+    """Hosts ``node_ids`` of the driver's plan; ``adversary`` is the injector actor when an
+    omniscient attack runs."""
 
-    def __init__(self, config_dict: dict[str, Any], node_ids: list[str], adversary: Any = None) -> None:
-        load_plugins(config_dict.get("plugins"))  # the user's registered rules and attacks exist here too
-        config = config_from_dict(config_dict)
+    def __init__(self, experiment: Experiment, node_ids: list[str], adversary: Any = None) -> None:
+        load_plugins(experiment.config.plugins)  # the user's registered rules and attacks exist here too
+        config = experiment.config
         _setup_process(config)
-        protocol = PROTOCOLS[config.protocol]
         # Attacks that need only the node's own vector run here: no round trip to the adversary.
-        self.injector = FaultInjector(config)
+        injector = FaultInjector(experiment)
         workload = Workload(config)  # one per process: its nodes share the data and the model's buffers
-        self.nodes: dict[str, Node] = {
-            node_id: protocol.make_node(config, node_id, self.injector.workload_for(node_id, workload))
-            for node_id in node_ids
-        }
+        self.nodes: dict[str, Node] = experiment.make_nodes(node_ids, lambda n: injector.workload_for(n, workload))
         self.adversary = adversary
-        omniscient = {n for n in node_ids if self.injector.role(n).attack.omniscient}
-        self.colluding = {n for n in omniscient if self.injector.is_byzantine(n)} if adversary else set()
-        self.tapped = {n for n in node_ids if self.injector.observes(n)} if adversary else set()
-        self.network = config.network
-        self.reorder_rng = np.random.default_rng([config.seed, 2, zlib.crc32(",".join(node_ids).encode())])
-        self.queue: deque[Message] = deque()
-        self.outbox: defaultdict[int, list[Message]] = defaultdict(list)
+        omniscient = {n for n in node_ids if injector.role(n).attack.omniscient}
+        self.colluding = {n for n in omniscient if injector.is_byzantine(n)} if adversary else set()
+        self.tapped = {n for n in node_ids if injector.observes(n)} if adversary else set()
+        self.time_unit_s = config.network.time_unit_s
+        stream = zlib.crc32(",".join(node_ids).encode())  # each actor its own seeded draws
+        self.bus = Bus(
+            injector,
+            config.network,
+            experiment.node_ids,
+            delay_rng=np.random.default_rng([config.seed, 1, stream]),
+            reorder_rng=np.random.default_rng([config.seed, 2, stream]),
+        )
+        self.queue = Mailbox()
+        self.outbox: defaultdict[int, list[tuple[Message, float]]] = defaultdict(list)  # with their due times
         self.hosts: list[Any] = []
         self.home: dict[str, int] = {}
         self.index = -1
-        self.sent: Counter[str] = Counter(ray_calls=0)
+        self.ray_calls = 0
         self.snapshots: dict[tuple[str, int], np.ndarray] = {}
         self.waiters: dict[tuple[str, int], asyncio.Future] = {}
 
@@ -121,8 +129,8 @@ class NodeActor:
         self._pump()
 
     async def deliver(self, headers: list[Header], *payloads: np.ndarray) -> None:
-        for sender, receiver, kind, round_, index in headers:
-            self.queue.append(Message(sender, receiver, kind, round_, payloads[index]))
+        for sender, receiver, kind, round_, index, lead in headers:
+            self.queue.put(Message(sender, receiver, kind, round_, payloads[index]), lead)
         self._pump()
 
     async def report(self, node_id: str, step: int) -> np.ndarray:
@@ -134,12 +142,12 @@ class NodeActor:
 
     def stats(self) -> dict[str, Any]:
         nodes = {node_id: {"rejected": dict(node.rejected), "step": node.step} for node_id, node in self.nodes.items()}
-        return {"sent": dict(self.sent), "nodes": nodes}
+        return {"sent": {**self.bus.sent, "ray_calls": self.ray_calls}, "nodes": nodes}
 
     def _pump(self) -> None:
         """Run every queued message through its node, then send what is bound for other actors."""
         while self.queue:
-            message = self.queue.popleft()
+            message = self.queue.pop()
             node = self.nodes.get(message.receiver)
             if node is None:
                 continue
@@ -156,10 +164,9 @@ class NodeActor:
                 self.snapshots[node.node_id, step] = vector
 
     def _route(self, sender: str, outgoing: list[Message]) -> None:
-        for message in [m for m in outgoing if is_timer(m) and m.sender == sender]:  # back to the sender only
-            delay = timer_delay(message) * self.network.time_unit_s
-            asyncio.get_running_loop().call_later(delay, self._send_late, self.index, message)
-        outgoing = [m for m in outgoing if not is_timer(m)]
+        timers, outgoing = self.bus.timers(sender, outgoing)
+        for message, delay in timers:
+            asyncio.get_running_loop().call_later(delay * self.time_unit_s, self._send_late, self.index, message, 0.0)
         if not outgoing:
             return
         if sender in self.tapped:
@@ -169,38 +176,30 @@ class NodeActor:
             # corrupt in a task, so this actor's other nodes go on meanwhile.
             asyncio.get_running_loop().create_task(self._corrupt_remotely(sender, outgoing))
             return
-        planned = [(message, 0.0) for message in outgoing]
-        if self.injector.is_byzantine(sender):
-            planned = self.injector.corrupt(outgoing)
-            self.sent["byzantine_messages"] += len(planned)
-        self._dispatch(sender, planned)
+        self._dispatch(self.bus.send(sender, outgoing))
 
     async def _corrupt_remotely(self, sender: str, outgoing: list[Message]) -> None:
-        planned = await self.adversary.corrupt.remote(outgoing)
-        self.sent["byzantine_messages"] += len(planned)
-        self._dispatch(sender, planned)
+        held = await self.adversary.corrupt.remote(outgoing)
+        self._dispatch(self.bus.post(sender, self.bus.attacked(held)))
         self._pump()
 
-    def _dispatch(self, sender: str, planned: list[tuple[Message, float]]) -> None:
-        for message, hold in planned:
-            host = self.home.get(message.receiver)
-            if host is None:
-                continue
-            if message.sender != sender:  # the shell stamps the sender: an attack cannot speak as another node
-                message = replace(message, sender=sender)
-            if self.network.reorder and self.reorder_rng.random() < self.network.reorder:
-                hold += self.network.reorder_delay
-            self.sent["messages"] += 1
-            self.sent["bytes"] += getattr(message.payload, "nbytes", 0)  # a Byzantine payload may be anything
-            if hold > 0:  # a slow node or a held-back (reordered) message
-                asyncio.get_running_loop().call_later(hold * self.network.time_unit_s, self._send_late, host, message)
-            elif host == self.index:
-                self.queue.append(message)
+    def _dispatch(self, planned: Planned) -> None:
+        for message, delay, hold in planned:
+            host = self.home[message.receiver]
+            if hold > 0:  # a slow node or a held-back (reordered) message: held in real time
+                asyncio.get_running_loop().call_later(hold * self.time_unit_s, self._send_late, host, message, delay)
             else:
-                self.outbox[host].append(message)
+                self._post(host, message, delay)
 
-    def _send_late(self, host: int, message: Message) -> None:
-        (self.queue if host == self.index else self.outbox[host]).append(message)
+    def _post(self, host: int, message: Message, delay: float) -> None:
+        """Queue ``message`` here, or for the next call to its actor, due after its network delay."""
+        if host == self.index:
+            self.queue.put(message, delay)
+        else:
+            self.outbox[host].append((message, self.queue.due(delay)))
+
+    def _send_late(self, host: int, message: Message, delay: float) -> None:
+        self._post(host, message, delay)
         self._pump()
 
     def _flush(self) -> None:
@@ -209,16 +208,17 @@ class NodeActor:
             payloads: list[Any] = []
             slot: dict[int, int] = {}
             headers: list[Header] = []
-            for message in messages:
+            for message, due in messages:
                 key = id(message.payload)
                 if key not in slot:
                     if key not in shipments:
                         shipments[key] = shipped(message.payload)
                     slot[key] = len(payloads)
                     payloads.append(shipments[key])
-                headers.append((message.sender, message.receiver, message.kind, message.round, slot[key]))
+                lead = self.queue.lead(due)
+                headers.append((message.sender, message.receiver, message.kind, message.round, slot[key], lead))
             self.hosts[host].deliver.remote(headers, *payloads)
-            self.sent["ray_calls"] += 1
+            self.ray_calls += 1
         self.outbox.clear()
 
 
@@ -291,26 +291,8 @@ class Placement:
             remove_placement_group(self.group)
 
 
-def host_groups(servers: list[str], workers: list[str], actors: int | None) -> list[list[str]]:
-    """The nodes each actor hosts: one node per actor, or ``actors`` actors of which some host
-    servers and the others workers, in proportion to their counts. Roles talk to each other,
-    so a phase's messages then cross in one call per pair of actors, and messages among servers
-    (ByzSGD's Gather) stay inside their actors."""
-    nodes = servers + workers
-    if actors is None or actors >= len(nodes):
-        return [[node] for node in nodes]
-    if actors == 1 or not servers or not workers:
-        return [nodes[i::actors] for i in range(actors)]
-    server_actors = min(max(1, round(actors * len(servers) / len(nodes))), len(servers), actors - 1)
-    worker_actors = min(actors - server_actors, len(workers))
-    return [servers[i::server_actors] for i in range(server_actors)] + [
-        workers[i::worker_actors] for i in range(worker_actors)
-    ]
-
-
-def run_ray(config: ExperimentConfig, monitor: Monitor) -> dict[str, Any]:
-    protocol = PROTOCOLS[config.protocol]
-    groups = host_groups(protocol.server_ids(config), protocol.worker_ids(config), config.ray.actors)
+def run_ray(experiment: Experiment, monitor: Monitor) -> dict[str, Any]:
+    config, groups = experiment.config, experiment.groups
     home = {node_id: index for index, group in enumerate(groups) for node_id in group}
     owns_ray = start_ray(config)
     hosts: list[Any] = []
@@ -320,16 +302,15 @@ def run_ray(config: ExperimentConfig, monitor: Monitor) -> dict[str, Any]:
     driver_threads = torch.get_num_threads()
     _setup_process(config)
     try:
-        config_dict = config.to_dict()
-        injector = FaultInjector(config)
-        omniscient = any(injector.role(node).attack.omniscient for node in injector.byzantine)
+        omniscient = needs_adversary(experiment)
         placement = Placement(config, len(groups) + omniscient)
-        adversary = InjectorActor.options(**placement.options()).remote(config_dict) if omniscient else None
+        plan = ray.put(experiment)  # one copy in the object store, whatever the number of actors
+        adversary = InjectorActor.options(**placement.options()).remote(plan) if omniscient else None
         for group in groups:
-            hosts.append(NodeActor.options(**placement.options()).remote(config_dict, group, adversary))
+            hosts.append(NodeActor.options(**placement.options()).remote(plan, group, adversary))
         ray.get([host.connect.remote(hosts, home, index) for index, host in enumerate(hosts)])
         ray.get([host.start.remote() for host in hosts])
-        collect_reports(config, monitor, hosts, home, injector)
+        collect_reports(experiment, monitor, hosts, home)
         return {"actors": len(hosts) + (adversary is not None)}
     finally:
         for actor in [*hosts, *([adversary] if adversary is not None else [])]:
@@ -341,10 +322,9 @@ def run_ray(config: ExperimentConfig, monitor: Monitor) -> dict[str, Any]:
         torch.set_num_threads(driver_threads)
 
 
-def collect_reports(
-    config: ExperimentConfig, monitor: Monitor, hosts: list[Any], home: dict[str, int], injector: FaultInjector
-) -> None:
+def collect_reports(experiment: Experiment, monitor: Monitor, hosts: list[Any], home: dict[str, int]) -> None:
     """Fetch every correct server's model at each reported step and feed the monitor."""
+    config, roster = experiment.config, experiment.roster
     for step in report_steps(config):
         if not monitor.live_servers:
             raise StalledError("every correct server has crashed")
@@ -363,7 +343,7 @@ def collect_reports(
         stats = host_stats(hosts)
         counters = counters_row(
             sum((Counter(s["sent"]) for s in stats), Counter()),
-            (node["rejected"] for s in stats for n, node in s["nodes"].items() if not injector.is_byzantine(n)),
+            (node["rejected"] for s in stats for n, node in s["nodes"].items() if not roster.is_byzantine(n)),
         )
         monitor.counters = lambda counters=counters: counters
         for server, vector in models.items():

@@ -1,0 +1,345 @@
+"""Sweep execution: every unfinished run, one at a time, in a pool of processes (in-process
+runtime) or in driver threads sharing one Ray connection (Ray runtime)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from byzsgd import results
+from byzsgd.config import ExperimentConfig
+from byzsgd.registry import ConfigError
+from byzsgd.sweep.plan import PlannedRun, SweepPlan
+from byzsgd.sweep.state import SweepOutcome, write_plan, write_results
+
+NOT_STARTED = "not started"  # what a queued run returns once the sweep is stopping
+
+
+def run_info(run: PlannedRun) -> dict[str, Any]:
+    """What the sweep knows about a run and the run's folder does not: its label and settings."""
+    return {"run_id": run.run_id, "hash": run.digest, "label": run.label, "overrides": run.overrides}
+
+
+def execute_run(
+    config: ExperimentConfig,
+    run_dir: str,
+    info: dict[str, Any],
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[str, str]:
+    """Run one experiment into ``run_dir``; returns (status, error) and never raises an Exception.
+
+    A Ctrl-C still propagates (the runner has recorded the run as interrupted by then)."""
+    from byzsgd.runner import run_experiment
+
+    path = Path(run_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    results.clear_run(path)  # a rerun starts clean: the metrics file is appended to
+    results.write_run_info(path, info)
+    try:
+        run_experiment(config, path, on_row=on_row)
+        return "finished", ""
+    except Exception as error:  # noqa: BLE001 - a failed run is a result, not a crash of the sweep
+        message = "".join(traceback.format_exception_only(error)).strip()
+        path.mkdir(parents=True, exist_ok=True)
+        results.write_traceback(path)
+        summary = results.read_summary(path)
+        if summary is None or summary.get("status") != "failed":  # failed before the runner wrote one
+            results.write_summary(path, {"name": config.name, "status": "failed", "error": message})
+        return "failed", message
+
+
+_events: Any = None  # the progress queue of a pool process
+_stop: Any = None  # set by the sweep on Ctrl-C: queued runs must not start
+
+
+def _init_pool_process(events: Any, stop: Any) -> None:
+    global _events, _stop
+    _events, _stop = events, stop
+    import torch
+
+    torch.set_num_threads(1)  # several runs share the cores: one thread each avoids oversubscription
+
+
+def _execute_in_pool(config: ExperimentConfig, run_dir: str, info: dict[str, Any]) -> tuple[str, str]:
+    from byzsgd.plugins import load_plugins
+
+    load_plugins(config.plugins)  # the user's registered rules and attacks exist here too
+    if _stop.is_set():
+        return NOT_STARTED, ""
+    run_id = info["run_id"]
+    _events.put(("start", run_id, 0, None))
+    return execute_run(
+        config, run_dir, info, lambda row: _events.put(("row", run_id, row["step"], row.get("test_acc")))
+    )
+
+
+class Progress:
+    """A tqdm bar for the sweep and one per run in flight (stderr) on a terminal; off a terminal
+    (job logs, CI) plain lines on stdout: each run's start, evaluated steps and end. Quiet: only
+    failures."""
+
+    def __init__(self, total: int, quiet: bool) -> None:
+        from tqdm import tqdm
+
+        self._tqdm = tqdm
+        self.quiet = quiet
+        self.plain = not quiet and not sys.stdout.isatty()
+        self.total, self.done = total, 0
+        self.sweep = tqdm(
+            total=total, desc="sweep", unit="run", disable=quiet or self.plain, file=sys.stderr, position=0
+        )
+        self.bars: dict[str, Any] = {}
+        self.positions: dict[str, int] = {}
+        self.steps: dict[str, int] = {}
+
+    def start(self, run: PlannedRun) -> None:
+        if self.plain:
+            if run.run_id not in self.steps:
+                self.steps[run.run_id] = run.config.steps
+                print(f"[{run.run_id}] started", flush=True)
+            return
+        if run.run_id in self.bars:
+            return
+        position = min(set(range(1, len(self.positions) + 2)) - set(self.positions.values()))
+        self.positions[run.run_id] = position
+        self.bars[run.run_id] = self._tqdm(
+            total=run.config.steps,
+            desc=run.run_id[:40],
+            unit="step",
+            leave=False,
+            disable=self.quiet,
+            file=sys.stderr,
+            position=position,
+        )
+
+    def row(self, run_id: str, step: int, accuracy: float | None) -> None:
+        if self.plain:
+            acc = "-" if accuracy is None else f"{accuracy:.4f}"
+            print(f"[{run_id}] step {step}/{self.steps.get(run_id, '?')}  acc={acc}", flush=True)
+            return
+        bar = self.bars.get(run_id)
+        if bar is not None:
+            if accuracy is not None:
+                bar.set_postfix(acc=f"{accuracy:.3f}", refresh=False)
+            bar.update(step - bar.n)
+
+    def finish(self, run: PlannedRun, status: str, error: str) -> None:
+        bar = self.bars.pop(run.run_id, None)
+        self.positions.pop(run.run_id, None)
+        if bar is not None:
+            bar.close()
+        self.sweep.update(1)
+        self.done += 1
+        if self.plain:
+            print(f"[{run.run_id}] {status} ({self.done}/{self.total} runs done)", flush=True)
+        if status != "finished":
+            self._tqdm.write(f"run {run.run_id} failed: {error.splitlines()[-1] if error else status}", file=sys.stderr)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        self.sweep.close()
+
+
+def run_sweep(plan: SweepPlan, parallel: int = 1, quiet: bool = False) -> SweepOutcome:
+    """Run every unfinished run of the plan; finished ones are skipped, failures recorded.
+
+    How runs share the machine: runs on the in-process runtime are independent simulations,
+    so with ``parallel > 1`` they go to a pool of processes (spawned, one torch thread each).
+    Runs on the Ray runtime create their own actors on one shared Ray connection that this
+    driver opens once; ``parallel > 1`` runs that many at a time from driver threads (Ray's
+    driver API is thread-safe, and each run only ever touches its own actors). Nesting each
+    run's driver inside a Ray task would instead put its results on whichever node ran it.
+    """
+    if parallel < 1:
+        raise ConfigError(f"--parallel={parallel}: must be at least 1")
+    write_plan(plan)
+    outcome = SweepOutcome(plan)
+    todo = []
+    for run in plan.runs:
+        if results.run_status(plan.run_dir(run)) == "finished":
+            outcome.skipped.append(run.run_id)
+        else:
+            todo.append(run)
+    progress = Progress(len(todo), quiet)
+
+    def record(run: PlannedRun, status: str, error: str) -> None:
+        outcome.executed.append(run.run_id)
+        if status != "finished":
+            outcome.failed[run.run_id] = error
+        progress.finish(run, status, error)
+        write_results(plan)
+
+    try:
+        local_runs = [r for r in todo if r.config.runtime == "local"]
+        ray_runs = [r for r in todo if r.config.runtime != "local"]
+        if local_runs:
+            if parallel == 1:
+                run_serially(plan, local_runs, progress, record)
+            else:
+                run_in_processes(plan, local_runs, parallel, progress, record)
+        if ray_runs:
+            with ray_connection(ray_runs[0].config):
+                if parallel == 1:
+                    run_serially(plan, ray_runs, progress, record)
+                else:
+                    run_in_threads(plan, ray_runs, parallel, progress, record)
+    finally:
+        progress.close()
+        outcome.results = write_results(plan)
+    return outcome
+
+
+Recorder = Callable[[PlannedRun, str, str], None]
+
+
+def run_serially(plan: SweepPlan, runs: list[PlannedRun], progress: Progress, record: Recorder) -> None:
+    for run in runs:
+        progress.start(run)
+        status, error = execute_run(
+            run.config,
+            str(plan.run_dir(run)),
+            run_info(run),
+            lambda row, run_id=run.run_id: progress.row(run_id, row["step"], row.get("test_acc")),
+        )
+        record(run, status, error)
+
+
+def run_in_threads(
+    plan: SweepPlan, runs: list[PlannedRun], parallel: int, progress: Progress, record: Recorder
+) -> None:
+    stop = threading.Event()
+
+    def task(run: PlannedRun) -> tuple[str, str]:
+        if stop.is_set():
+            return NOT_STARTED, ""
+        progress.start(run)
+        return execute_run(
+            run.config,
+            str(plan.run_dir(run)),
+            run_info(run),
+            lambda row: progress.row(run.run_id, row["step"], row.get("test_acc")),
+        )
+
+    pool = ThreadPoolExecutor(max_workers=parallel)
+    try:
+        drain({pool.submit(task, run): run for run in runs}, progress, record, events=None)
+    except BaseException:
+        # Threads cannot be interrupted: queued runs are dropped, and the running ones end when
+        # the sweep's Ray connection closes (their runs are then recorded as failed).
+        stop.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+
+
+def run_in_processes(
+    plan: SweepPlan, runs: list[PlannedRun], parallel: int, progress: Progress, record: Recorder
+) -> None:
+    context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools and locks
+    events, stop = context.Queue(), context.Event()
+    remaining = list(runs)
+    while remaining:
+        started: set[str] = set()
+        pool = ProcessPoolExecutor(
+            parallel, mp_context=context, initializer=_init_pool_process, initargs=(events, stop)
+        )
+        try:
+            futures = {
+                pool.submit(_execute_in_pool, r.config, str(plan.run_dir(r)), run_info(r)): r
+                for r in remaining
+            }
+            lost = drain(futures, progress, record, events, started)
+        except BaseException:
+            stop_pool(pool, stop)
+            raise
+        pool.shutdown(wait=True)
+        # A pool process that died (out of memory, killed) breaks the pool: the runs it was
+        # running are recorded as failed, the ones that had not started go to a fresh pool.
+        for run in lost:
+            if run.run_id in started:
+                record(run, "failed", "the process running it died (out of memory or killed)")
+        remaining = [r for r in lost if r.run_id not in started]
+
+
+def stop_pool(pool: ProcessPoolExecutor, stop: Any, grace_s: float = 5.0) -> None:
+    """On Ctrl-C: no queued run starts; running ones (interrupted by the same Ctrl-C) get a
+    moment to write their summaries, then any pool process still alive is terminated, so the
+    sweep exits now rather than after a run that was already handed to a process."""
+    stop.set()
+    # ProcessPoolExecutor has no public way to stop its processes before Python 3.14.
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + grace_s
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.terminate()
+
+
+def drain(
+    futures: dict[Future, PlannedRun],
+    progress: Progress,
+    record: Recorder,
+    events: Any,
+    started: set[str] | None = None,
+) -> list[PlannedRun]:
+    """Wait for the runs, forwarding progress events; returns the runs lost to a broken pool."""
+    by_id = {run.run_id: run for run in futures.values()}
+    pending = set(futures)
+    lost = []
+    while pending:
+        done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+        forward_events(events, by_id, progress, started)
+        for future in done:
+            run = futures[future]
+            try:
+                status, error = future.result()
+            except BrokenProcessPool:
+                lost.append(run)
+                continue
+            if status != NOT_STARTED:
+                record(run, status, error)
+    forward_events(events, by_id, progress, started)
+    return lost
+
+
+def forward_events(events: Any, by_id: dict[str, PlannedRun], progress: Progress, started: set[str] | None) -> None:
+    if events is None:
+        return
+    while True:
+        try:
+            kind, run_id, step, accuracy = events.get_nowait()
+        except queue.Empty:
+            return
+        if kind == "start" and run_id in by_id:
+            if started is not None:
+                started.add(run_id)
+            progress.start(by_id[run_id])
+        elif kind == "row":
+            progress.row(run_id, step, accuracy)
+
+
+@contextmanager
+def ray_connection(config: ExperimentConfig) -> Iterator[None]:
+    """One Ray connection for every Ray run of the sweep (each run reuses an initialized Ray)."""
+    from byzsgd.runtime.ray import start_ray
+
+    owns = start_ray(config)
+    try:
+        yield
+    finally:
+        if owns:
+            import ray
+
+            ray.shutdown()
