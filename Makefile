@@ -33,7 +33,7 @@ GROUPS ?=
 MUTANTS ?=
 FRESH ?=
 mutation: $(BIN)/byzsgd
-	RAY_USAGE_STATS_ENABLED=0 OMP_NUM_THREADS=1 HYPOTHESIS_PROFILE=ci $(BIN)/python tests/mutation_run.py \
+	RAY_USAGE_STATS_ENABLED=0 OMP_NUM_THREADS=1 HYPOTHESIS_PROFILE=mutation $(BIN)/python tests/mutation_run.py \
 		$(GROUPS) $(if $(MUTANTS),--mutants $(MUTANTS)) $(if $(FRESH),--fresh)
 	$(BIN)/python tests/mutation_report.py
 

@@ -88,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {name}: {' '.join(groups[name]['only_mutate'])} against {' '.join(groups[name]['tests'])}")
         # the mutated copy must be the only byzsgd the tests can import
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env.setdefault("HYPOTHESIS_PROFILE", "mutation")  # fewer derandomized examples (tests/conftest.py)
+        env.setdefault("OMP_NUM_THREADS", "1")
+        env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         status = subprocess.run(command, cwd=where, env=env).returncode
         if status != 0:
             print(f"mutmut failed in group {name} (exit {status})")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -202,6 +203,40 @@ def test_centered_clipping_reference_and_explicit_center():
     np.testing.assert_allclose(rule_(x, center=np.full(4, np.nan)), expected, atol=1e-12)
 
 
+def test_centered_clipping_defaults_are_byzfls_tau_100_one_iteration():
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.normal(0, 20, (5, 6)), rng.normal(0, 20, (2, 6)) + 1000.0])  # two far rows
+    start = np.median(x, axis=0)
+    out = make_aggregator("centered_clipping", f=2)(x)
+    np.testing.assert_allclose(out, ref_centered_clipping(x, 100.0, 1, start), atol=1e-9)
+    for tau, iterations in [(101.0, 1), (100.0, 2)]:  # the far rows are clipped: tau and the count matter
+        assert np.abs(out - ref_centered_clipping(x, tau, iterations, start)).max() > 1e-3
+
+
+def test_centered_clipping_of_half_precision_works_in_float32_and_rounds_once():
+    # bfloat16 keeps 8 bits: every difference, step and sum rounded to it would drift; the rule
+    # computes in float32 and rounds only its result, so it equals the float32 result, rounded.
+    x = (torch.randn(7, 3000, generator=torch.Generator().manual_seed(0)) * 3 + 1).to(torch.bfloat16)
+    center = torch.randn(3000, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    rule_ = make_aggregator("centered_clipping", f=2, tau=20.0, iterations=2)
+    for options in [{}, {"center": center}]:
+        out = rule_(x, **options)
+        assert out.dtype == torch.bfloat16
+        torch.testing.assert_close(out, rule_(x.float(), **options).to(torch.bfloat16), rtol=0, atol=0)
+
+
+def test_centered_clipping_refuses_a_center_of_the_wrong_size():
+    rule_ = make_aggregator("centered_clipping", f=1)
+    with pytest.raises(ValueError, match="center has 3 entries, vectors have 4"):
+        rule_(np.ones((5, 4)), center=np.zeros(3))
+
+
+def test_coordinate_median_needs_a_vector_but_not_a_coordinate():
+    with pytest.raises(ValueError, match="coordinate_median of zero vectors"):
+        coordinate_median(np.zeros((0, 3)))
+    assert coordinate_median(np.zeros((3, 0))).shape == (0,)
+
+
 def test_arc_clips_the_largest_to_the_next_norm():
     x = sample(10, 4, 1) * np.arange(1, 11)[:, None]
     f = 3
@@ -209,6 +244,60 @@ def test_arc_clips_the_largest_to_the_next_norm():
     limit = np.sort(np.linalg.norm(x, axis=1))[::-1][k]
     out = make_aggregator("arc", f=f, base="mean")(x)
     np.testing.assert_allclose(out, ref_clip(x, limit).mean(0), atol=1e-12)
+
+
+def test_arc_clips_the_single_largest_when_k_is_1():
+    x = sample(3, 4, 5) * np.array([1.0, 2.0, 3.0])[:, None]
+    # f=1, n=3: k = floor(2*1*2/3) = 1, so the largest row is clipped to the second largest norm.
+    limit = np.sort(np.linalg.norm(x, axis=1))[::-1][1]
+    out = make_aggregator("arc", f=1, base="mean")(x)
+    np.testing.assert_allclose(out, ref_clip(x, limit).mean(0), atol=1e-12)
+    assert np.abs(out - x.mean(0)).max() > 1e-3
+
+
+def test_wrappers_hand_their_f_to_the_base_rule():
+    x = sample(11, 4, 6)
+    f = 2
+    clipped = make_aggregator("clipping", f=f, base="trimmed_mean", threshold=0.5)(x)
+    np.testing.assert_allclose(clipped, ref_trimmed_mean(ref_clip(x, 0.5), f), atol=1e-12)
+    # s=1: each bucket is one row, and Multi-Krum does not depend on their order.
+    bucketed = make_aggregator("bucketing", f=f, base="multikrum", s=1)(x)
+    np.testing.assert_allclose(bucketed, ref_multikrum(x, f), atol=1e-12)
+
+
+def test_wrapper_defaults_threshold_1_and_seed_0():
+    x = sample(9, 4, 7) * 5
+    np.testing.assert_allclose(
+        make_aggregator("clipping", f=1, base="mean")(x), ref_clip(x, 1.0).mean(0), atol=1e-12
+    )
+    default = make_aggregator("bucketing", f=1, base="median")
+    seeded = [make_aggregator("bucketing", f=1, base="median", seed=seed) for seed in (0, 1)]
+    outputs = [[rule_(x) for _ in range(3)] for rule_ in [default, *seeded]]
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    assert not np.array_equal(outputs[0], outputs[2])  # the seed matters, so 0 is the default
+
+
+@pytest.mark.parametrize("s", [True, 1.5, 0])
+def test_bucket_size_must_be_a_positive_integer(s):
+    # The registry refuses a non-integer s first; built directly, the class checks it itself.
+    with pytest.raises(ConfigError, match="'bucketing'.*s"):
+        make_aggregator("bucketing", f=1, base="median", s=s)
+    with pytest.raises(ConfigError, match="bucket size s must be >= 1"):
+        AGGREGATORS["bucketing"](1, base="median", s=s)
+
+
+def test_majority_wrappers_name_their_bound():
+    # NNM and CTMA need a majority and what the base needs: the message says which formula.
+    for wrapper in ("nnm", "ctma"):
+        with pytest.raises(ConfigError, match=re.escape("needs n >= 2*f+1 = 5 inputs, got 4")):
+            make_aggregator(wrapper, f=2, base="median").check(4)
+        with pytest.raises(ConfigError, match=re.escape("needs n >= max(2*f+1, 2*f+3) = 7 inputs, got 6")):
+            make_aggregator(wrapper, f=2, base="krum").check(6)
+
+
+def test_rules_print_their_f_and_base():
+    assert repr(make_aggregator("mda", f=2)) == "MDA(f=2)"
+    assert repr(make_aggregator("nnm", f=1, base="krum")) == "NNM(f=1, base=Krum(f=1))"
 
 
 def test_bucketing_is_seeded_and_averages_buckets():
