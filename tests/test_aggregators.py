@@ -265,6 +265,81 @@ def test_wrappers_hand_their_f_to_the_base_rule():
     np.testing.assert_allclose(bucketed, ref_multikrum(x, f), atol=1e-12)
 
 
+def test_nnm_mixes_with_ties_broken_by_index_and_hands_f_to_its_base():
+    # Lattice points: many distinct rows at exactly equal distances, so which neighbours fill the
+    # last of the n-f places is decided by the index order (a stable sort), as in the reference.
+    x = np.random.default_rng(8).integers(0, 3, size=(40, 2)).astype(np.float64)
+    f = 10
+    np.testing.assert_allclose(make_aggregator("nnm", f=f, base="mean")(x), ref_nnm(x, f).mean(0), atol=1e-12)
+    np.testing.assert_allclose(
+        make_aggregator("nnm", f=f, base="trimmed_mean")(x), ref_trimmed_mean(ref_nnm(x, f), f), atol=1e-12
+    )
+
+
+def test_nnm_of_bfloat16_mixes_in_float32():
+    # bfloat16 takes the torch path (numpy has no bfloat16): mix in float32, round, apply the base.
+    x = torch.randn(9, 300, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    rule_ = make_aggregator("nnm", f=2, base="trimmed_mean")
+    out = rule_(x.to(torch.bfloat16))
+    assert out.dtype == torch.bfloat16
+    mixed = torch.from_numpy(ref_nnm(x.to(torch.bfloat16).double().numpy(), 2))
+    expected = torch.from_numpy(ref_trimmed_mean(mixed.to(torch.bfloat16).double().numpy(), 2))
+    torch.testing.assert_close(out.double(), expected, rtol=1e-2, atol=1e-2)
+
+
+def test_trimmed_mean_on_many_rows_and_in_bfloat16():
+    x = sample(31, 200, 10)
+    np.testing.assert_allclose(make_aggregator("trimmed_mean", f=5)(x), ref_trimmed_mean(x, 5), atol=1e-12)
+    x[:5] += 100.0  # far rows: keeping any of them would show
+    half = torch.from_numpy(x).to(torch.bfloat16)  # the torch path: numpy has no bfloat16
+    expected = torch.from_numpy(ref_trimmed_mean(half.double().numpy(), 5))
+    torch.testing.assert_close(make_aggregator("trimmed_mean", f=5)(half).double(), expected, rtol=1e-2, atol=1e-2)
+
+
+def test_norm_based_rules_in_bfloat16():
+    # bfloat16 norms take the torch path of sq_norms; the clipped rows must match float64 clipping.
+    x = torch.randn(9, 50, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    x[:3] *= 10
+    half = x.to(torch.bfloat16)
+    exact = half.double().numpy()
+    out = make_aggregator("clipping", f=1, base="mean", threshold=2.0)(half)
+    torch.testing.assert_close(out.double(), torch.from_numpy(ref_clip(exact, 2.0).mean(0)), rtol=2e-2, atol=2e-2)
+
+
+def test_ctma_keeps_the_lower_index_on_distance_ties():
+    # Lattice points around a median centre: many rows at exactly equal distances.
+    x = np.random.default_rng(12).integers(0, 3, size=(40, 2)).astype(np.float64)
+    f = 10
+    center = np.median(x, axis=0)
+    d2 = ((x - center) ** 2).sum(1)
+    expected = x[np.argsort(d2, kind="stable")[: 40 - f]].mean(0)
+    np.testing.assert_allclose(make_aggregator("ctma", f=f, base="median")(x), expected, atol=1e-12)
+
+
+def test_krum_counts_shrink_with_the_dropped_rows():
+    # Explicit neighbours were checked against the full n; a dropped non-finite row leaves
+    # n-1 rows, and each row then has n-2 others: the count shrinks to that.
+    for seed in range(20):
+        x = sample(6, 3, seed)
+        x[:2] *= 4
+        finite = x[1:]
+        expected = ref_multikrum(finite, 0, m=1, neighbours=4)
+        if not np.allclose(expected, ref_multikrum(finite, 0, m=1, neighbours=3)):
+            break
+    else:
+        raise AssertionError("no sample tells 3 neighbours from 4")
+    x[0] = np.nan
+    out = make_aggregator("multikrum", f=1, m=1, neighbours=5)(x)
+    np.testing.assert_allclose(out, expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("value", [True, 1.5, 0])
+def test_krum_counts_must_be_positive_integers(value):
+    for name in ("m", "neighbours"):
+        with pytest.raises(ConfigError, match=f"{name} must be an integer >= 1"):
+            AGGREGATORS["multikrum"](1, **{name: value})
+
+
 def test_wrapper_defaults_threshold_1_and_seed_0():
     x = sample(9, 4, 7) * 5
     np.testing.assert_allclose(
@@ -293,6 +368,8 @@ def test_majority_wrappers_name_their_bound():
             make_aggregator(wrapper, f=2, base="median").check(4)
         with pytest.raises(ConfigError, match=re.escape("needs n >= max(2*f+1, 2*f+3) = 7 inputs, got 6")):
             make_aggregator(wrapper, f=2, base="krum").check(6)
+        with pytest.raises(ConfigError, match=re.escape("needs n >= max(2*f+1, 1) = 5 inputs, got 4")):
+            make_aggregator(wrapper, f=2, base="mean").check(4)
 
 
 def test_rules_print_their_f_and_base():
