@@ -158,23 +158,41 @@ def test_cover_search_agrees_with_every_subset(seed):
                 assert adj[v] & alive & ~cover == 0, f"edge at {v} left uncovered"
 
 
+def graph(n: int, edges: list[tuple[int, int]]) -> list[int]:
+    adj = [0] * n
+    for u, v in edges:
+        adj[u] |= 1 << v
+        adj[v] |= 1 << u
+    return adj
+
+
+# Vertex 0 joins 1, 2, 3; each of those sits in a triangle (1, 4, 7), (2, 5, 8), (3, 6, 9). A
+# triangle needs two cover vertices, and taking 1, 2, 3 among them covers vertex 0's edges: the
+# only covers of size 6 leave out vertex 0, the first vertex of maximum degree, so the search
+# must take its second branch (keep it, remove its neighbours).
+TRIANGLES = [e for i in (1, 2, 3) for e in [(i, i + 3), (i, i + 6), (i + 3, i + 6)]]
+KEEP_THE_HUB = graph(10, [(0, 1), (0, 2), (0, 3), *TRIANGLES])
+
+
 @pytest.mark.parametrize(
-    "adj,budget,smallest",
+    "adj,smallest",
     [
-        ([0b0010, 0b0001, 0b1000, 0b0100], 2, 2),  # two disjoint edges: two pendant steps
-        ([0b1110, 0b0001, 0b0001, 0b0001], 1, 1),  # a star: its centre
-        ([0b0110, 0b0101, 0b0011], 2, 2),  # a triangle: branching, no pendant
-        ([0b11110, 0b00001, 0b00001, 0b00001, 0b00001], 0, 1),  # no budget for an edge
+        (graph(4, [(0, 1), (2, 3)]), 2),  # two disjoint edges: two pendant steps
+        (graph(4, [(0, 1), (0, 2), (0, 3)]), 1),  # a star: its centre
+        (graph(3, [(0, 1), (1, 2), (0, 2)]), 2),  # a triangle: branching, no pendant
+        (graph(5, [(0, 1), (0, 2), (0, 3), (0, 4)]), 1),  # a star, also with no budget at all
+        (KEEP_THE_HUB, 6),
     ],
 )
-def test_cover_search_on_small_graphs(adj, budget, smallest):
+def test_cover_search_on_small_graphs(adj, smallest):
     alive = (1 << len(adj)) - 1
     assert smallest_cover_size(adj, alive) == smallest
-    for b in range(budget + 2):
-        cover = mda._cover(adj, alive, b)
-        assert (cover is not None) == (b >= smallest)
+    for budget in range(smallest + 3):
+        cover = mda._cover(adj, alive, budget)
+        assert (cover is not None) == (budget >= smallest), budget
         if cover is not None:
-            assert cover.bit_count() <= b
+            assert cover.bit_count() <= budget
+            assert all(adj[v] & ~cover == 0 for v in range(len(adj)) if not cover >> v & 1), "an edge is uncovered"
 
 
 @pytest.mark.parametrize("seed", range(10))
@@ -190,3 +208,10 @@ def test_pad_fills_the_removal_set_with_the_largest_free_indices(seed):
         missing = max(0, f - removed.bit_count())
         expected = removed | sum(1 << v for v in sorted(free, reverse=True)[:missing])
         assert padded == expected, (f, bin(removed), bin(kept))
+
+
+@pytest.mark.parametrize("solve", SOLVERS)
+def test_one_point_and_every_point(solve):
+    d2 = direct_sq_distances(np.random.default_rng(4).standard_normal((6, 2)))
+    np.testing.assert_array_equal(solve(d2, 1), [0])  # every single point has diameter 0
+    np.testing.assert_array_equal(solve(d2, 6), np.arange(6))
