@@ -1,7 +1,10 @@
 """Prints the score of the last `make mutation` per module, and the surviving mutants.
 
-Score = killed / (mutants tried - the ones listed as equivalent in tests/mutation_equivalent.txt),
-where "killed" includes timeouts. A line of that file is `mutant-name  # why it is equivalent`.
+Score = killed / (mutants tried - the ones listed in tests/mutation_equivalent.txt), where "killed"
+includes timeouts. A line of that file is `mutant-name  # why it is equivalent`, or
+`[cuda] mutant-name  # why` / `[import] mutant-name  # why` for mutants that are not equivalent
+but that no CPU run can judge (device placement; code run at import, before mutmut switches a
+mutant on); those are left out of the score too, and counted apart.
 Run from the repository root, after `mutmut run`; exits 1 when nothing was run.
 """
 
@@ -21,6 +24,10 @@ def equivalent_mutants(path: Path) -> dict[str, str]:
     listed = {}
     for line in path.read_text().splitlines():
         name, _, why = line.partition("#")
+        name = name.strip()
+        if name.startswith("["):  # [cuda], [import]: not equivalent, but no CPU test run can judge them
+            tag, _, name = name.partition("]")
+            why = f"{tag}] {why.strip()}"
         if name.strip():
             listed[name.strip()] = why.strip()
     return listed
@@ -54,6 +61,9 @@ def main() -> int:
     for module in sorted(by_module):
         print("  " + score_line(module, by_module[module], equivalent))
     print(score_line("total", tried, equivalent))
+    unjudged = sorted(n for n in tried if n in equivalent and equivalent[n].startswith("["))
+    if unjudged:
+        print(f"of the listed, {len(unjudged)} are not equivalent but cannot be judged on CPU ([cuda], [import])")
     stale = sorted(set(equivalent) - set(results))
     if stale:
         print(f"{len(stale)} mutants listed as equivalent were not generated (renamed?): {', '.join(stale[:5])}")

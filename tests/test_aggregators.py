@@ -340,6 +340,25 @@ def test_krum_counts_must_be_positive_integers(value):
             AGGREGATORS["multikrum"](1, **{name: value})
 
 
+def test_bfloat16_takes_the_torch_paths_with_float64_results():
+    # numpy has no bfloat16: the Gram matrix, the mean and the mean of selected rows then run in
+    # torch. Their results must match float64 arithmetic on the same (exactly representable) values.
+    from byzsgd.aggregators.distances import exact_gram
+
+    x = torch.randn(7, 40, generator=torch.Generator().manual_seed(13), dtype=torch.float64) + 3.0
+    half = x.to(torch.bfloat16)
+    exact = half.double()
+    g = exact_gram(half)  # of the rows centred at a reference row: distances are what it must keep
+    np.testing.assert_allclose(g, exact_gram(exact), rtol=1e-12, atol=1e-9)  # the numpy path's answer
+    d2 = np.diag(g)[:, None] + np.diag(g)[None, :] - 2 * g
+    np.testing.assert_allclose(d2, ((exact[:, None] - exact[None]) ** 2).sum(-1).numpy(), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(make_aggregator("mean", f=0)(half), exact.mean(0).to(torch.bfloat16))
+    chosen = make_aggregator("mda", f=2).selection(exact, 2)
+    torch.testing.assert_close(make_aggregator("mda", f=2)(half), exact[chosen].mean(0).to(torch.bfloat16))
+    ref = make_aggregator("geometric_median", f=2)(exact)
+    torch.testing.assert_close(make_aggregator("geometric_median", f=2)(half), ref.to(torch.bfloat16))
+
+
 def test_wrapper_defaults_threshold_1_and_seed_0():
     x = sample(9, 4, 7) * 5
     np.testing.assert_allclose(
