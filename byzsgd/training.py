@@ -6,6 +6,8 @@ loss and a gradient. Each node (or Ray actor) builds its own from the config.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch.nn import functional as F
@@ -15,18 +17,27 @@ from byzsgd.data import BatchSampler, batch_size_of, load_dataset, partition
 from byzsgd.models import build_model, get_vector, grad_vector, set_vector
 
 
+def actor_device(requested: str, gpu_ids: list[Any]) -> str:
+    """A Ray actor's device: the GPU Ray assigned it (Ray sets CUDA_VISIBLE_DEVICES to it, so it is
+    ``cuda:0`` inside the actor), else the CPU. An actor Ray gave no GPU never touches CUDA, even
+    on a GPU machine: Ray 2.60 does not hide the GPUs from it, and it would take the first one
+    outside Ray's accounting."""
+    return "cuda:0" if gpu_ids and requested != "cpu" else "cpu"
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: cuda was requested but torch sees no CUDA device")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name} was requested but torch sees no CUDA device")
     return torch.device(name)
 
 
 class Workload:
-    def __init__(self, config: ExperimentConfig) -> None:
+    def __init__(self, config: ExperimentConfig, device: str | None = None) -> None:
+        """``device`` overrides ``config.device`` (a Ray actor passes the one Ray assigned it)."""
         self.config = config
-        self.device = resolve_device(config.device)
+        self.device = resolve_device(device or config.device)
         self.data = load_dataset(config.data.dataset, config.data.test_fraction, config.seed)
         torch.manual_seed(config.seed)  # every correct server starts from the same model
         self.model = build_model(config.model.name, self.data.input_shape, self.data.num_classes, config.model.hidden)

@@ -11,12 +11,20 @@ shared by every call that carries it. A Byzantine node's attack runs in its shel
 only the node's own vector; an omniscient attack goes through the fault-injector actor, to which
 correct nodes of the attacked role also tap their outgoing payloads (fire and forget: a correct
 node never waits for the adversary). Actors are spread over the cluster's machines or packed
-onto few (``ray.placement``).
+onto few (``ray.placement``); those hosting a role of ``ray.gpu_roles`` request
+``ray.num_gpus_per_actor`` GPUs and compute on the one Ray assigns them, the others on the CPU.
+
+Payloads travel as float32 numpy vectors: Ray serializes them out of band, so a receiver on the
+sender's machine reads the object store's copy in place (a read-only view, never copied until a
+node stacks its quorum) and a receiver on another machine gets one copy per machine. Each actor
+counts what it copies (``put_bytes`` into the object store, ``inline_bytes`` serialized into
+calls) and what leaves its machine (``cross_node_bytes``): see :class:`Traffic`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import zlib
 from collections import Counter, defaultdict, deque
@@ -36,9 +44,21 @@ from byzsgd.faults import FaultInjector, needs_adversary
 from byzsgd.messages import Message
 from byzsgd.metrics import Monitor
 from byzsgd.protocols.base import Node
-from byzsgd.training import Workload
+from byzsgd.registry import ConfigError
+from byzsgd.training import Workload, actor_device
 
-__all__ = ["InjectorActor", "NodeActor", "Placement", "host_groups", "run_ray", "shipped", "start_ray"]
+__all__ = [
+    "InjectorActor",
+    "NodeActor",
+    "Placement",
+    "Traffic",
+    "check_cluster_gpus",
+    "gpu_groups",
+    "host_groups",
+    "run_ray",
+    "shipped",
+    "start_ray",
+]
 
 # What a batched call carries per message: sender, receiver, kind, round, index of its payload.
 Header = tuple[str, str, str, int, int]
@@ -86,7 +106,10 @@ class NodeActor:
         _setup_process(config)
         # Attacks that need only the node's own vector run here: no round trip to the adversary.
         injector = FaultInjector(experiment)
-        workload = Workload(config)  # one per process: its nodes share the data and the model's buffers
+        self.device = actor_device(config.device, ray.get_gpu_ids())
+        self.ray_node = ray.get_runtime_context().get_node_id()
+        # One per process: its nodes share the data and the model's buffers.
+        workload = Workload(config, self.device)
         self.nodes: dict[str, Node] = experiment.make_nodes(node_ids, lambda n: injector.workload_for(n, workload))
         self.adversary = adversary
         omniscient = {n for n in node_ids if injector.role(n).attack.omniscient}
@@ -101,12 +124,19 @@ class NodeActor:
         self.home: dict[str, int] = {}
         self.index = -1
         self.ray_calls = 0
+        self.traffic = Traffic()
         self.snapshots: dict[tuple[str, int], np.ndarray] = {}
         self.waiters: dict[tuple[str, int], asyncio.Future] = {}
 
-    def connect(self, hosts: list[Any], home: dict[str, int], index: int) -> None:
-        """Every actor's handle, which actor hosts each node, and this actor's own index."""
+    def where(self) -> dict[str, str]:
+        """The Ray node (machine) this actor runs on and the device its nodes compute on."""
+        return {"ray_node": self.ray_node, "device": self.device}
+
+    def connect(self, hosts: list[Any], home: dict[str, int], index: int, ray_nodes: list[str]) -> None:
+        """Every actor's handle, which actor hosts each node, this actor's own index and the Ray
+        node each actor runs on (to count the bytes that leave this machine)."""
         self.hosts, self.home, self.index = hosts, home, index
+        self.traffic.place(self.ray_node, ray_nodes)
 
     async def start(self) -> None:
         for node_id, node in self.nodes.items():
@@ -128,7 +158,8 @@ class NodeActor:
 
     def stats(self) -> dict[str, Any]:
         nodes = {node_id: {"rejected": dict(node.rejected), "step": node.step} for node_id, node in self.nodes.items()}
-        return {"sent": {**self.bus.sent, "ray_calls": self.ray_calls}, "nodes": nodes}
+        sent = {**self.bus.sent, "ray_calls": self.ray_calls}
+        return {"sent": sent, "traffic": dict(self.traffic.counts), "nodes": nodes}
 
     def _pump(self) -> None:
         """Run every queued message through its node, then send what is bound for other actors."""
@@ -156,6 +187,7 @@ class NodeActor:
         if not outgoing:
             return
         if sender in self.tapped:
+            self.traffic.call({id(m.payload): m.payload for m in outgoing}.values())
             self.adversary.observe.remote(outgoing)
         if sender in self.colluding:
             # The adversary may wait for this round's correct vectors, some perhaps queued here:
@@ -185,8 +217,10 @@ class NodeActor:
 
     def _flush(self) -> None:
         shipments: dict[int, Any] = {}  # a broadcast's payload is one object: one ray.put at most
+        calls: list[tuple[int, list[Any]]] = []
         for host, messages in self.outbox.items():
             payloads: list[Any] = []
+            distinct: list[Any] = []
             slot: dict[int, int] = {}
             headers: list[Header] = []
             for message in messages:
@@ -196,9 +230,12 @@ class NodeActor:
                         shipments[key] = shipped(message.payload)
                     slot[key] = len(payloads)
                     payloads.append(shipments[key])
+                    distinct.append(message.payload)
                 headers.append((message.sender, message.receiver, message.kind, message.round, slot[key]))
             self.hosts[host].deliver.remote(headers, *payloads)
+            calls.append((host, distinct))
             self.ray_calls += 1
+        self.traffic.flush(calls)
         self.outbox.clear()
 
 
@@ -209,7 +246,60 @@ def shipped(payload: np.ndarray) -> Any:
     """What a call carries for ``payload``: a small one inline (half the cost of a trip through
     the object store, measured), a large one as a single ``ray.put`` that every receiver of a
     broadcast shares."""
-    return payload if getattr(payload, "nbytes", 0) < INLINE_PAYLOAD_BYTES else ray.put(payload)
+    return payload if nbytes(payload) < INLINE_PAYLOAD_BYTES else ray.put(payload)
+
+
+def nbytes(payload: Any) -> int:
+    return getattr(payload, "nbytes", 0)  # a Byzantine payload may be anything
+
+
+class Traffic:
+    """What an actor's sends copy, and what leaves its machine, in payload bytes (headers, a few
+    dozen bytes a message, are not counted):
+
+    * ``put_bytes``: copied into the object store, once per shipped payload (a broadcast's
+      receivers share the copy; on the sender's machine they read it in place);
+    * ``inline_bytes``: serialized into the calls, once per call that carries the payload (and
+      copied out again by the receiver);
+    * ``cross_node_bytes``: sent to actors on other Ray nodes: an inline payload once per call,
+      an object once per receiving machine (Ray's object manager pulls it there once, however
+      many of that machine's actors read it).
+    """
+
+    def __init__(self, ray_node: str = "", ray_nodes: list[str] | None = None) -> None:
+        self.counts: Counter[str] = Counter()
+        self.place(ray_node, ray_nodes or [])
+
+    def place(self, ray_node: str, ray_nodes: list[str]) -> None:
+        """This actor's Ray node, and the Ray node of every actor (by host index)."""
+        self.ray_node, self.ray_nodes = ray_node, ray_nodes
+
+    def flush(self, calls: list[tuple[int, list[Any]]]) -> None:
+        """One flush: each call's receiving actor and the distinct payloads it carries (shipped as
+        :func:`shipped` does: inline below ``INLINE_PAYLOAD_BYTES``, else one object)."""
+        stored: set[int] = set()
+        pulled: set[tuple[int, str]] = set()
+        for host, payloads in calls:
+            machine = self.ray_nodes[host]
+            remote = machine != self.ray_node
+            for payload in payloads:
+                size = nbytes(payload)
+                if size < INLINE_PAYLOAD_BYTES:
+                    self.counts["inline_bytes"] += size
+                    self.counts["cross_node_bytes"] += size * remote
+                    continue
+                if id(payload) not in stored:
+                    stored.add(id(payload))
+                    self.counts["put_bytes"] += size
+                if remote and (id(payload), machine) not in pulled:
+                    pulled.add((id(payload), machine))
+                    self.counts["cross_node_bytes"] += size
+
+    def call(self, payloads: Any) -> None:
+        """A call whose arguments hold ``payloads`` (the adversary's tap): one copy of them all,
+        inline, or into the object store as one object when they are large together."""
+        size = sum(nbytes(p) for p in payloads)
+        self.counts["inline_bytes" if size < INLINE_PAYLOAD_BYTES else "put_bytes"] += size
 
 
 def start_ray(config: ExperimentConfig) -> bool:
@@ -235,31 +325,68 @@ def report_steps(config: ExperimentConfig) -> list[int]:
     return sorted(set(range(0, config.steps, config.eval_every)) | {config.steps})
 
 
+def gpu_groups(experiment: Experiment) -> list[bool]:
+    """Which actor groups request GPUs: those hosting a node of a role in ``ray.gpu_roles``."""
+    config = experiment.config
+    if not config.ray.num_gpus_per_actor:
+        return [False] * len(experiment.groups)
+    roles = {"servers": set(experiment.servers), "workers": set(experiment.workers)}
+    wanted = set().union(*(roles[role] for role in config.ray.gpu_roles))
+    return [any(node in wanted for node in group) for group in experiment.groups]
+
+
+def check_cluster_gpus(config: ExperimentConfig, gpu_actors: int, resources: dict[str, float]) -> None:
+    """Refuse at start-up a run whose GPU actors the cluster (``ray.cluster_resources()``) cannot
+    place: Ray would wait for them forever."""
+    per_actor = config.ray.num_gpus_per_actor
+    if not gpu_actors or not per_actor:
+        return
+    gpus = resources.get("GPU", 0)
+    if not gpus:
+        raise ConfigError(
+            f"ray.num_gpus_per_actor={per_actor}: the Ray cluster has no GPU (CPU: {resources.get('CPU', 0):g}); "
+            "set it to 0 to run every actor on the CPU"
+        )
+    # A fractional share never spans two GPUs: each holds floor(1 / share) actors.
+    capacity = math.floor(gpus) * math.floor(1 / per_actor + 1e-9) if per_actor <= 1 else gpus // per_actor
+    if gpu_actors > capacity:
+        raise ConfigError(
+            f"ray.num_gpus_per_actor={per_actor}: {gpu_actors} actors of ray.gpu_roles={config.ray.gpu_roles} "
+            f"need GPUs, the cluster's {gpus:g} GPU hold {capacity:g} of them "
+            "(lower ray.num_gpus_per_actor, use ray.actors, or add GPUs)"
+        )
+
+
 class Placement:
     """Where the actors go (``ray.placement``): Ray's SPREAD strategy, or one PACK placement
-    group with a bundle per actor."""
+    group with a bundle per actor. An actor hosting a role of ``ray.gpu_roles`` also requests
+    ``ray.num_gpus_per_actor`` GPUs, so Ray puts it on a machine with a GPU and assigns it one."""
 
-    def __init__(self, config: ExperimentConfig, count: int) -> None:
+    def __init__(self, config: ExperimentConfig, gpu_flags: list[bool]) -> None:
         self.cpus = config.ray.num_cpus_per_actor
+        self.gpus = config.ray.num_gpus_per_actor
         self.group = None
         self.next_bundle = 0
         if config.ray.placement == "pack":
-            self.group = placement_group([{"CPU": self.cpus}] * count, strategy="PACK")
+            bundles = [{"CPU": self.cpus, **({"GPU": self.gpus} if gpu else {})} for gpu in gpu_flags]
+            self.group = placement_group(bundles, strategy="PACK")
             try:
                 ray.get(self.group.ready(), timeout=config.ray.snapshot_timeout_s)
             except GetTimeoutError:
                 raise StalledError(
-                    f"ray.placement=pack: the cluster did not grant {count} bundles of {self.cpus} CPU "
+                    f"ray.placement=pack: the cluster did not grant {len(bundles)} bundles of {self.cpus} CPU "
                     f"within {config.ray.snapshot_timeout_s} s (lower ray.num_cpus_per_actor or add nodes)"
                 ) from None
 
-    def options(self) -> dict[str, Any]:
-        """``.options(...)`` of the next actor."""
+    def options(self, gpu: bool = False) -> dict[str, Any]:
+        """``.options(...)`` of the next actor (``gpu``: it hosts a role of ``ray.gpu_roles``;
+        with a placement group, actors must be created in the order of ``gpu_flags``)."""
+        resources = {"num_cpus": self.cpus, "num_gpus": self.gpus if gpu else 0}
         if self.group is None:
-            return {"num_cpus": self.cpus, "scheduling_strategy": "SPREAD"}
+            return {**resources, "scheduling_strategy": "SPREAD"}
         index, self.next_bundle = self.next_bundle, self.next_bundle + 1
         strategy = PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=index)
-        return {"num_cpus": self.cpus, "scheduling_strategy": strategy}
+        return {**resources, "scheduling_strategy": strategy}
 
     def release(self) -> None:
         if self.group is not None:
@@ -278,15 +405,24 @@ def run_ray(experiment: Experiment, monitor: Monitor) -> dict[str, Any]:
     _setup_process(config)
     try:
         omniscient = needs_adversary(experiment)
-        placement = Placement(config, len(groups) + omniscient)
+        gpu_flags = gpu_groups(experiment)
+        check_cluster_gpus(config, sum(gpu_flags), ray.cluster_resources())
+        placement = Placement(config, [False] * omniscient + gpu_flags)  # the adversary computes on the CPU
         plan = ray.put(experiment)  # one copy in the object store, whatever the number of actors
         adversary = InjectorActor.options(**placement.options()).remote(plan) if omniscient else None
-        for group in groups:
-            hosts.append(NodeActor.options(**placement.options()).remote(plan, group, adversary))
-        ray.get([host.connect.remote(hosts, home, index) for index, host in enumerate(hosts)])
+        for group, gpu in zip(groups, gpu_flags, strict=True):
+            hosts.append(NodeActor.options(**placement.options(gpu)).remote(plan, group, adversary))
+        where = ray.get([host.where.remote() for host in hosts])
+        ray_nodes = [w["ray_node"] for w in where]
+        ray.get([host.connect.remote(hosts, home, index, ray_nodes) for index, host in enumerate(hosts)])
         ray.get([host.start.remote() for host in hosts])
-        collect_reports(experiment, monitor, hosts, home)
-        return {"actors": len(hosts) + (adversary is not None)}
+        traffic = collect_reports(experiment, monitor, hosts, home)
+        return {
+            "actors": len(hosts) + (adversary is not None),
+            "devices": {node: where[home[node]]["device"] for node in experiment.node_ids},
+            "ray_nodes": {node: ray_nodes[home[node]] for node in experiment.node_ids},
+            **{f"{name}_per_step": round(traffic[name] / config.steps) for name in TRAFFIC_COUNTERS},
+        }
     finally:
         for actor in [*hosts, *([adversary] if adversary is not None else [])]:
             ray.kill(actor)  # a sweep runs many experiments in one driver: leave no actor behind
@@ -297,9 +433,11 @@ def run_ray(experiment: Experiment, monitor: Monitor) -> dict[str, Any]:
         torch.set_num_threads(driver_threads)
 
 
-def collect_reports(experiment: Experiment, monitor: Monitor, hosts: list[Any], home: dict[str, int]) -> None:
-    """Fetch every correct server's model at each reported step and feed the monitor."""
+def collect_reports(experiment: Experiment, monitor: Monitor, hosts: list[Any], home: dict[str, int]) -> Counter[str]:
+    """Fetch every correct server's model at each reported step and feed the monitor; returns
+    the actors' :class:`Traffic` counts at the last step."""
     config, roster = experiment.config, experiment.roster
+    traffic: Counter[str] = Counter()
     for step in report_steps(config):
         if not monitor.live_servers:
             raise StalledError("every correct server has crashed")
@@ -320,9 +458,15 @@ def collect_reports(experiment: Experiment, monitor: Monitor, hosts: list[Any], 
             sum((Counter(s["sent"]) for s in stats), Counter()),
             (node["rejected"] for s in stats for n, node in s["nodes"].items() if not roster.is_byzantine(n)),
         )
+        traffic = sum((Counter(s["traffic"]) for s in stats), Counter())
+        counters.update({name: traffic[name] for name in TRAFFIC_COUNTERS})
         monitor.counters = lambda counters=counters: counters
         for server, vector in models.items():
             monitor.report(server, step, vector)
+    return traffic
+
+
+TRAFFIC_COUNTERS = ("put_bytes", "inline_bytes", "cross_node_bytes")
 
 
 def host_stats(hosts: list[Any]) -> list[dict[str, Any]]:
