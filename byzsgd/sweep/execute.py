@@ -71,6 +71,9 @@ def _init_pool_process(events: Any, stop: Any) -> None:
 
 
 def _execute_in_pool(config: ExperimentConfig, run_dir: str, info: dict[str, Any]) -> tuple[str, str]:
+    from byzsgd.plugins import load_plugins
+
+    load_plugins(config.plugins)  # the user's registered rules and attacks exist here too
     if _stop.is_set():
         return NOT_STARTED, ""
     run_id = info["run_id"]
