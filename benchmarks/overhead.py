@@ -14,7 +14,8 @@ shown) per ``--actors`` value: one actor per node (every message a Ray call), an
 hosted by a few actors (``ray.actors``: servers in some, workers in the others, messages
 between actors batched). ``--nodes K`` starts K raylets on this machine
 (``ray.cluster_utils.Cluster``: each its own object store, as K machines would have) and spreads
-the actors over them (``ray.placement: spread``). Every Ray row also prints the payload bytes the
+the actors over them (``ray.placement: spread``). CPU per step excludes the driver's evaluations of the
+servers' models (the monitor's work, as in ``--runtime local``). Every Ray row also prints the payload bytes the
 actors copy per step (into the object store, or serialized inline into calls) and the bytes that
 cross between Ray nodes, as the runtime counts them (``summary.json``).
 
@@ -163,12 +164,24 @@ def make_config(name: str, section: dict[str, Any], args: argparse.Namespace, ru
 def run_one(
     name: str, section: dict[str, Any], args: argparse.Namespace, actors: int | None, out: Path
 ) -> dict[str, Any] | None:
+    from byzsgd import metrics
     from byzsgd.runner import run_experiment
 
     config = make_config(name, section, args, "ray", actors)
     if config is None:
         return None
     marks: dict[str, Any] = {}
+    evaluating = {"cpu": 0.0}
+    write = metrics.Monitor._write
+
+    def timed_write(monitor: Any, step: int, models: dict[str, Any]) -> None:
+        # The driver's evaluations of every correct server's model are the monitor's, not the
+        # system's: excluded as in --runtime local (ByzSGD has 5 models to evaluate, vanilla 1).
+        counting = "step0" in marks  # the step-0 row's evaluation precedes the window (on_row opens it)
+        cpu = time.process_time()
+        write(monitor, step, models)
+        if counting:
+            evaluating["cpu"] += time.process_time() - cpu
 
     def on_row(row: dict[str, Any]) -> None:
         if row["step"] == 0:
@@ -177,9 +190,14 @@ def run_one(
             marks["end"] = cpu_snapshot()  # before the actors are killed
 
     before = cpu_snapshot()
-    result = run_experiment(config, out / name, on_row=on_row)
+    metrics.Monitor._write = timed_write
+    try:
+        result = run_experiment(config, out / name, on_row=on_row)
+    finally:
+        metrics.Monitor._write = write
     startup_cpu = cpu_used(before, marks["step0"])
     run_cpu = cpu_used(marks["step0"], marks["end"])
+    run_cpu[os.getpid()] -= evaluating["cpu"]
     # The busiest node actor bounds steps/s where every node has a core of its own (a cluster).
     actor_cpu = [used for pid, used in run_cpu.items() if marks["end"][pid][0].startswith(b"ray::")]
     rows, summary = result.rows, result.summary
