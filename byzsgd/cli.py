@@ -402,9 +402,12 @@ def sweep_command(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         outcome = run_sweep(plan, parallel=args.parallel, quiet=args.quiet)
-    except KeyboardInterrupt:
-        print(f"\nbyzsgd: sweep interrupted; rerun the same command to resume ({plan.out_dir})", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as error:  # Ctrl-C, or SIGTERM (SweepTerminated): its processes are stopped
+        from byzsgd.sweep.execute import SweepTerminated
+
+        what = "terminated (SIGTERM)" if isinstance(error, SweepTerminated) else "interrupted"
+        print(f"\nbyzsgd: sweep {what}; rerun the same command to resume ({plan.out_dir})", file=sys.stderr)
+        return 143 if isinstance(error, SweepTerminated) else 130
     finally:
         if uri is not None and plan.out_dir.exists():
             print(f"copied to: {upload(plan.out_dir, uri)}", file=sys.stderr)
