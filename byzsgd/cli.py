@@ -315,8 +315,8 @@ def run_command(config: ExperimentConfig, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"\nbyzsgd: interrupted; the rows written so far are in {run_dir}", file=sys.stderr)
         return 130
-    except ConnectionError as error:  # ray.init could not reach the cluster named by --address
-        print(f"byzsgd: cannot connect to Ray at {config.ray.address!r}: {error}", file=sys.stderr)
+    except ConnectionError as error:  # nothing answers at --address / RAY_ADDRESS
+        print(f"byzsgd: cannot connect to Ray at {ray_address(config)!r}: {error}", file=sys.stderr)
         return 2
     finally:
         printer.close()
@@ -381,6 +381,11 @@ def summary_table(summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
 # --- sweep and plot ------------------------------------------------------------------------
 
 
+def ray_address(config: ExperimentConfig) -> str | None:
+    """The cluster a Ray run joins: ray.address, else RAY_ADDRESS (a Ray job's)."""
+    return config.ray.address or os.environ.get("RAY_ADDRESS")
+
+
 def sweep_command(args: argparse.Namespace) -> int:
     from byzsgd.storage import location_note, upload
     from byzsgd.sweep import load_sweep, outcome_text, plan_text, run_sweep
@@ -402,6 +407,10 @@ def sweep_command(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         outcome = run_sweep(plan, parallel=args.parallel, quiet=args.quiet)
+    except ConnectionError as error:  # the sweep's Ray runs: nothing answers at --address / RAY_ADDRESS
+        address = next((ray_address(r.config) for r in plan.runs if r.config.runtime == "ray"), None)
+        print(f"byzsgd: cannot connect to Ray at {address!r}: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as error:  # Ctrl-C, or SIGTERM (SweepTerminated): its processes are stopped
         from byzsgd.sweep.execute import SweepTerminated
 

@@ -279,11 +279,10 @@ def probe_address(address: str, timeout_s: float, source: str = "ray.address") -
     except socket.gaierror:
         reason = f"unknown host {host!r}"
     except OSError as error:
-        reason = error.strerror or type(error).__name__
+        reason = (error.strerror or type(error).__name__).lower()
     raise UnreachableClusterError(
-        f"cannot reach a Ray cluster at {address} ({source}): {reason}; start one there "
-        f"(ray start --head --port={port}), or fix {source} (a head's HOST:6379, ray://HOST:10001, "
-        "or unset it to start a local Ray)"
+        f"nothing answers there ({source}: {reason}); start a cluster there (ray start --head --port={port}) "
+        f"or fix {source} (a head's HOST:6379, ray://HOST:10001, or unset it to start a local Ray)"
     )
 
 

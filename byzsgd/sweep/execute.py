@@ -155,6 +155,7 @@ def _exit_with_parent(sentinel: int) -> None:
     """Stop this pool process once the sweep is gone, however it died: its run is interrupted
     (and says so), then the process ends, rather than run the queue and hang."""
     multiprocessing.connection.wait([sentinel])
+    _stop.set()  # the runs already queued to this process must not start
     os.kill(os.getpid(), signal.SIGINT)
     time.sleep(GRACE_S)
     os._exit(1)
