@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import os
+import signal
 import sys
+import tempfile
+import threading
 import time
+import traceback
 import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -86,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         "current directory, or $BYZSGD_JOB_ROOT (default ~) inside a Ray job; s3://, gs://, file:// URIs are "
         "written locally, then copied there",
     )
+    run.add_argument("--overwrite", action="store_true", help="replace the run already in --out (refused without this)")
     add_output_flags(run)
     run.add_argument(
         "--tensorboard", action="store_true", help="also write TensorBoard scalars to <results>/tensorboard"
@@ -155,7 +161,7 @@ def add_output_flags(parser: argparse.ArgumentParser) -> None:
 def cli_overrides(args: argparse.Namespace) -> list[str]:
     overrides = list(args.overrides)
     if args.address:
-        overrides.append(f"ray.address={args.address}")
+        overrides.append(f"ray.address={json.dumps(args.address)}")  # a quoted string, whatever YAML would make of it
     if args.runtime:
         overrides.append(f"runtime={args.runtime}")
     return overrides
@@ -186,11 +192,15 @@ def dispatch(args: argparse.Namespace) -> int:
         except ConfigError as error:
             print(f"byzsgd: {'config' if args.command == 'sweep' else 'plot'} error: {error}", file=sys.stderr)
             return 2
+        except Exception as error:  # noqa: BLE001 - one line and where the traceback is, never a traceback
+            return report_crash(f"{args.command} failed", error)
     try:
         config = resolve(args)
     except ConfigError as error:
         print(f"byzsgd: config error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:  # noqa: BLE001 - a bug, not bad input: one line and where the traceback is
+        return report_crash("cannot load the config", error)
     if args.command == "config":
         import yaml
 
@@ -281,12 +291,45 @@ class StepPrinter:
             self.bar.close()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that a killed run ends like an interrupted one:
+    the runner records it as failed in summary.json, with its rows kept."""
+
+
+def raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated(f"terminated by signal {signal.Signals(signum).name}")
+
+
+def one_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+def report_crash(what: str, error: BaseException, run_dir: Path | None = None, name: str = "byzsgd") -> int:
+    """One line on stderr and the traceback in a file (the run folder's, else a temporary one)."""
+    path = None
+    if run_dir is not None:
+        from byzsgd.runner import record_failure
+
+        try:
+            path = record_failure(run_dir, name, error)
+        except OSError:  # the folder cannot take it (gone, full, read-only): a temporary file then
+            pass
+    if path is None:
+        with tempfile.NamedTemporaryFile("w", prefix="byzsgd-traceback-", suffix=".txt", delete=False) as handle:
+            handle.write("".join(traceback.format_exception(error)))
+        path = Path(handle.name)
+    print(f"byzsgd: {what}: {one_line(error)} (traceback: {path})", file=sys.stderr)
+    return 1
+
+
 def run_command(config: ExperimentConfig, args: argparse.Namespace) -> int:
-    from byzsgd.runner import new_run_dir, run_experiment
+    from byzsgd.runner import claim_run_dir, new_run_dir, record_failure, run_experiment
     from byzsgd.storage import location_note, upload
 
     try:
         run_dir, uri = output_target(args.out, lambda: new_run_dir(config))
+        claim_run_dir(run_dir, overwrite=args.overwrite)
     except ConfigError as error:
         print(f"byzsgd: config error: {error}", file=sys.stderr)
         return 2
@@ -310,15 +353,23 @@ def run_command(config: ExperimentConfig, args: argparse.Namespace) -> int:
             printer(row)
             sink.write(row)
 
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous_handler = signal.signal(signal.SIGTERM, raise_terminated) if in_main_thread else None
     try:
         result = run_experiment(config, run_dir, on_row=on_row)
-    except KeyboardInterrupt:
-        print(f"\nbyzsgd: interrupted; the rows written so far are in {run_dir}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as error:  # Ctrl-C or SIGTERM: summary.json says so, the rows are kept
+        record_failure(run_dir, config.name, error)
+        what = one_line(error) if isinstance(error, Terminated) else "interrupted"
+        print(f"\nbyzsgd: {what}; the rows written so far are in {run_dir}", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(error, Terminated) else signal.SIGINT)
     except ConnectionError as error:  # nothing answers at --address / RAY_ADDRESS
         print(f"byzsgd: cannot connect to Ray at {ray_address(config)!r}: {error}", file=sys.stderr)
         return 2
+    except Exception as error:  # noqa: BLE001 - a failed run: one line here, the traceback in its folder
+        return report_crash("run failed", error, run_dir, config.name)
     finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
         printer.close()
         if sink is not None:
             sink.close()
@@ -513,7 +564,14 @@ def list_items(kind: str) -> list[tuple[str, str, str]]:
             items.append((name, f"{name}: {{{fields}}}{bound}", first_line(module) or first_line(spec)))
         return items
     notes = CHOICE_NOTES.get(kind, {})
-    return [(name, "", notes.get(name, "")) for name in config_choices(kind)]
+    return [(name, "", notes.get(name) or choice_doc(kind, name)) for name in config_choices(kind)]
+
+
+def choice_doc(kind: str, name: str) -> str:
+    """The first line of a built-in dataset reader's or model factory's docstring."""
+    module = __import__({"datasets": "byzsgd.data", "models": "byzsgd.models"}[kind], fromlist=["_"])
+    registry = getattr(module, kind.upper(), None)
+    return first_line(registry[name]) if registry is not None and name in registry else ""
 
 
 def config_choices(kind: str) -> list[str]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -44,7 +45,11 @@ class NodesConfig:
 
 @dataclass
 class DataConfig:
-    dataset: Literal["digits", "mnist5k", "synthetic"] = "digits"
+    # digits, mnist5k, synthetic, mnist, cifar10, or "pkg.module:function" (see byzsgd.data)
+    dataset: str = "digits"
+    root: str | None = None  # folder of the local files of mnist and cifar10
+    params: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the dataset
+    augment: bool = False  # random crop (padding 4) and horizontal flip of each training batch
     partition: Literal["iid", "dirichlet"] = "iid"
     alpha: float = 0.5  # Dirichlet concentration: smaller is more heterogeneous
     batch_size: int = 32
@@ -58,8 +63,10 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: Literal["logreg", "mlp", "cnn"] = "mlp"
-    hidden: int = 64
+    # logreg, mlp, cnn, cifarnet, resnet18, or "pkg.module:factory" (see byzsgd.models)
+    name: str = "mlp"
+    hidden: int = 64  # mlp's hidden units
+    params: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the model factory
 
 
 @dataclass
@@ -135,6 +142,9 @@ class ExperimentConfig:
     eval_every: int = 10
     device: Literal["auto", "cpu", "cuda"] = "auto"
     output_dir: str = "results"
+    # Modules imported before anything is built, in the driver and in every actor and sweep
+    # process: where your own aggregators, attacks and protocols register (see byzsgd.plugins).
+    plugins: list[str] = field(default_factory=list)
     nodes: NodesConfig = field(default_factory=NodesConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -188,9 +198,13 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{what} {str(path)!r} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a YAML text file (not valid UTF-8)") from None
+    except OSError as error:
+        raise ConfigError(f"{what} {str(path)!r}: cannot be read ({error.strerror})") from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(error)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data
@@ -201,8 +215,18 @@ def apply_override(data: dict[str, Any], override: str) -> None:
     key, sep, raw = override.partition("=")
     if not sep or not key:
         raise ConfigError(f"--set {override!r}: expected key=value, e.g. nodes.n_w=10")
-    value = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--set {override!r}: the value is not valid YAML: {yaml_problem(error)}") from None
     set_dotted(data, key.strip(), value)
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error on one line: what is wrong and where (PyYAML's own text spans several lines)."""
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    mark = getattr(error, "problem_mark", None)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
@@ -227,11 +251,18 @@ def parse_config(data: dict[str, Any], options: Mapping[str, type]) -> Experimen
     if not isinstance(protocol, str):
         raise ConfigError(f"protocol: expected a name, got {protocol!r}")
     if protocol not in options:
-        raise ConfigError(f"unknown protocol {protocol!r}; known: {', '.join(sorted(options))}")
+        raise ConfigError(f"protocol: unknown protocol {protocol!r}; known: {', '.join(sorted(options))}")
     sections = {name: data.pop(name) for name in options if name in data}
     for name, section in sections.items():
         if section is not None and not isinstance(section, dict):
             raise ConfigError(f"{name}: expected a mapping of protocol options")
+        # Another protocol's options would be silently ignored; the embedded default's own
+        # section is not the user's doing, so it may stay when only the protocol changes.
+        if name != protocol and section and section != default_config_dict().get(name):
+            raise ConfigError(
+                f"{name}: these options apply to protocol {name!r}, not to the chosen {protocol!r} "
+                f"(move them to a '{protocol}:' section or remove them)"
+            )
     config = parse_dataclass(ExperimentConfig, data, "", extra_keys=sorted(options))
     config.options = parse_dataclass(options[protocol], sections.get(protocol) or {}, protocol)
     validate(config)
@@ -285,11 +316,16 @@ def parse_value(hint: Any, value: Any, path: str) -> Any:
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        if not -(2**63) <= value < 2**63:  # numpy, torch and Ray take 64-bit integers
+            raise ConfigError(f"{path}={value}: out of range (a 64-bit integer)")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
-        return float(value)
+        number = float(value) if isinstance(value, float) or abs(value) < 2**1000 else math.inf
+        if not math.isfinite(number):
+            raise ConfigError(f"{path}={value}: must be a finite number")
+        return number
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{path}: expected a string, got {value!r}")
@@ -306,6 +342,8 @@ def join(path: str, key: str) -> str:
 
 def validate(config: ExperimentConfig) -> None:
     """Checks that hold for every protocol; each protocol then checks its own rules."""
+    from byzsgd.checks import check_fields
+
     positive = {
         "steps": config.steps,
         "eval_every": config.eval_every,
@@ -348,8 +386,19 @@ def validate(config: ExperimentConfig) -> None:
             f"cannot join; submit the run as a job instead: ray job submit --address {config.ray.address} "
             "--working-dir . -- byzsgd run CONFIG (the job joins with --address auto), or use ray://HEAD:10001"
         )
+    check_workload(config)
+    check_fields(config)
     check_attack(config.attack, "attack", "workers", config.nodes.n_w, config.nodes.f_w)
     check_attack(config.server_attack, "server_attack", "servers", config.nodes.n_ps, config.nodes.f_ps)
+
+
+def check_workload(config: ExperimentConfig) -> None:
+    """The model and dataset exist and accept their params (user factories are imported, not called)."""
+    from byzsgd.data import check_dataset
+    from byzsgd.models import check_model
+
+    check_model(config.model.name, config.model.hidden, config.model.params)
+    check_dataset(config.data.dataset, config.data.params)
 
 
 def check_attack(attack: AttackConfig, field_name: str, role: str, n: int, f: int) -> None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from byzsgd.config import AttackConfig, ExperimentConfig, byzantine_count, parse_config, read_config_dict
+from byzsgd.plugins import load_plugins
 from byzsgd.protocols import PROTOCOLS, Protocol
 from byzsgd.registry import ConfigError
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
     """Parse and check a config mapping: the shared field checks, then the protocol's rules."""
+    load_plugins(data.get("plugins"))  # before any registered name (protocol, rule, attack) is looked up
     config = parse_config(data, {name: PROTOCOLS[name].options for name in PROTOCOLS.names()})
     PROTOCOLS[config.protocol].validate(config)
     check_local_ray_room(config)

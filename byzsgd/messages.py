@@ -64,11 +64,12 @@ class Channel:
 class Inbox:
     """Per-(kind, round) buffers of validated payloads, one per sender, in arrival order.
 
-    Rejected: unknown kind, a sender not allowed on the channel, a payload that is not a
-    finite vector of the channel's dtype and size, a round already consumed (stale) or more than
-    ``window`` rounds ahead (future), and a second message from the same sender for the same
-    round (duplicate). The buffer never holds more than ``len(senders) * (window + 1)``
-    payloads per kind, so flooding cannot exhaust memory.
+    Rejected: a header field of the wrong type (sender and kind must be str, round an integer:
+    "malformed"), unknown kind, a sender not allowed on the channel, a payload that is not a
+    plain ndarray (no subclass) holding a finite vector of the channel's dtype and size, a
+    round already consumed (stale) or more than ``window`` rounds ahead (future), and a second
+    message from the same sender for the same round (duplicate). The buffer never holds more
+    than ``len(senders) * (window + 1)`` payloads per kind, so flooding cannot exhaust memory.
     """
 
     def __init__(self, channels: dict[str, Channel], window: int = 64) -> None:
@@ -89,17 +90,25 @@ class Inbox:
         return True
 
     def _problem(self, message: Message) -> str | None:
+        # Header fields are checked for their exact type before any lookup: an unhashable or
+        # odd-typed sender, kind or round must be refused here, not raise out of a dict lookup.
+        if type(message) is not Message or type(message.kind) is not str or type(message.sender) is not str:
+            return "malformed"
         channel = self.channels.get(message.kind)
         if channel is None:
             return "unknown_kind"
         if message.sender not in channel.senders:
             return "unexpected_sender"
-        if not isinstance(message.round, int) or message.round < self.next_round[message.kind]:
+        if type(message.round) is not int and not isinstance(message.round, np.integer):
+            return "malformed"
+        if message.round < self.next_round[message.kind]:
             return "stale"
         if message.round > self.next_round[message.kind] + self.window:
             return "future"
         payload = message.payload
-        if not isinstance(payload, np.ndarray) or payload.dtype != channel.dtype or payload.shape != (channel.size,):
+        # A plain ndarray only: a subclass (a masked array, a matrix) may hide values from the
+        # finite check or change what arithmetic on it means.
+        if type(payload) is not np.ndarray or payload.dtype != channel.dtype or payload.shape != (channel.size,):
             return "malformed"
         if message.sender in self.buffers[message.kind].get(message.round, {}):
             return "duplicate"

@@ -10,6 +10,7 @@ holds its runs' folders, ``sweep.yaml`` (the sweep as launched) and ``results.cs
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import traceback
 from datetime import datetime
@@ -19,6 +20,7 @@ from typing import Any
 import yaml
 
 from byzsgd.config import ExperimentConfig
+from byzsgd.registry import ConfigError
 from byzsgd.storage import resolve_output
 
 CONFIG_FILE = "config.yaml"
@@ -26,7 +28,8 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 TRACEBACK_FILE = "traceback.txt"
 RUN_INFO_FILE = "sweep_run.json"
-RUN_FILES = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, TRACEBACK_FILE, RUN_INFO_FILE)
+# What makes a folder hold a run; --overwrite removes exactly these, never anything else.
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, TRACEBACK_FILE)
 RESULTS_FILE = "results.csv"  # in a sweep folder
 PLAN_FILE = "sweep.yaml"  # in a sweep folder
 
@@ -43,12 +46,52 @@ def is_run_dir(path: Path) -> bool:
 def clear_run(run_dir: Path) -> None:
     """Remove what an earlier attempt left (the metrics file is appended to), also a folder or
     link found where one of the run's files belongs."""
-    for name in RUN_FILES:
+    for name in (*RUN_FILES, RUN_INFO_FILE):
         path = run_dir / name
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)
+
+
+def claim_run_dir(run_dir: str | Path, overwrite: bool = False) -> None:
+    """Make sure ``run_dir`` can take a new run without mixing it with an old one: a folder
+    that already holds a run's files is refused (a ConfigError, nothing touched), or with
+    ``overwrite`` those files (and only those) are removed first."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"results folder {str(run_dir)!r}: exists and is not a folder")
+    existing = next(p for p in (run_dir.absolute(), *run_dir.absolute().parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"results folder {str(run_dir)!r}: cannot be created or written in {str(existing)!r}")
+    held = [name for name in RUN_FILES if (run_dir / name).exists()] if run_dir.is_dir() else []
+    if held and not overwrite:
+        raise ConfigError(
+            f"results folder {str(run_dir)!r} already holds a run ({', '.join(held)}); "
+            "pass --overwrite to replace it, or choose another folder"
+        )
+    folders = [name for name in held if (run_dir / name).is_dir()]
+    if folders:  # checked before anything is removed
+        raise ConfigError(f"results folder {str(run_dir)!r}: {folders[0]} is a folder, not a file; remove it by hand")
+    for name in held:
+        (run_dir / name).unlink()
+
+
+def record_failure(run_dir: str | Path, name: str, error: BaseException) -> Path:
+    """Keep the traceback of a run that raised ``error`` in its folder, and a summary saying it
+    failed if the run ended before the runner wrote one. Returns the traceback's path."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / TRACEBACK_FILE
+    path.write_text("".join(traceback.format_exception(error)))
+    try:
+        summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        summary = None
+    if not isinstance(summary, dict) or summary.get("status") != "failed":
+        message = "".join(traceback.format_exception_only(error)).strip()
+        (run_dir / SUMMARY_FILE).write_text(json.dumps({"name": name, "status": "failed", "error": message}, indent=2))
+    return path
 
 
 def write_config(run_dir: Path, config: ExperimentConfig) -> None:

@@ -1,5 +1,5 @@
 """Runs one experiment: assembles its plan, runs it on the chosen runtime, writes its results
-folder (see :mod:`byzsgd.results`)."""
+folder (see :mod:`byzsgd.results`: a folder that already holds a run is never appended to)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,29 @@ from byzsgd import results, runtime
 from byzsgd.config import ExperimentConfig
 from byzsgd.experiment import assemble
 from byzsgd.metrics import Monitor
-from byzsgd.results import CONFIG_FILE, SUMMARY_FILE, new_run_dir
+from byzsgd.results import (
+    CONFIG_FILE,
+    RUN_FILES,
+    SUMMARY_FILE,
+    TRACEBACK_FILE,
+    claim_run_dir,
+    new_run_dir,
+    record_failure,
+)
 from byzsgd.storage import resolve_output
 from byzsgd.training import Workload
 
-__all__ = ["CONFIG_FILE", "SUMMARY_FILE", "RunResult", "new_run_dir", "run_experiment"]
+__all__ = [
+    "CONFIG_FILE",
+    "RUN_FILES",
+    "SUMMARY_FILE",
+    "TRACEBACK_FILE",
+    "RunResult",
+    "claim_run_dir",
+    "new_run_dir",
+    "record_failure",
+    "run_experiment",
+]
 
 
 @dataclass
@@ -34,8 +52,12 @@ def run_experiment(
     config: ExperimentConfig,
     run_dir: str | Path | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    overwrite: bool = False,
 ) -> RunResult:
+    """Run ``config`` into ``run_dir`` (default: a new timestamped folder); a folder that
+    already holds a run is refused unless ``overwrite`` (see :func:`claim_run_dir`)."""
     run_dir = resolve_output(run_dir) if run_dir is not None else new_run_dir(config)
+    claim_run_dir(run_dir, overwrite)
     run_dir.mkdir(parents=True, exist_ok=True)
     results.write_config(run_dir, config)
     experiment = assemble(config)  # the only place a run is planned: runtimes and actors get the plan

@@ -12,7 +12,10 @@ from torch.nn import functional as F
 
 from byzsgd.config import ExperimentConfig
 from byzsgd.data import BatchSampler, batch_size_of, load_dataset, partition
-from byzsgd.models import build_model, get_vector, grad_vector, set_vector
+from byzsgd.models import build_model, check_output, get_vector, grad_vector, set_vector
+from byzsgd.registry import ConfigError
+
+EVAL_CHUNK = 4096  # test samples per forward pass when evaluating (bounds memory on large models)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -27,10 +30,18 @@ class Workload:
     def __init__(self, config: ExperimentConfig) -> None:
         self.config = config
         self.device = resolve_device(config.device)
-        self.data = load_dataset(config.data.dataset, config.data.test_fraction, config.seed)
+        data, model = config.data, config.model
+        self.data = load_dataset(data.dataset, data.test_fraction, config.seed, data.root, data.params)
         torch.manual_seed(config.seed)  # every correct server starts from the same model
-        self.model = build_model(config.model.name, self.data.input_shape, self.data.num_classes, config.model.hidden)
+        self.model = build_model(model.name, self.data.input_shape, self.data.num_classes, model.hidden, model.params)
         self.model.to(self.device)
+        sample = torch.from_numpy(self.data.x_train[:2]).to(self.device)
+        check_output(self.model, model.name, sample, self.data.num_classes)
+        # Random crop and flip of training batches (seeded per process); off by default.
+        if data.augment and len(self.data.input_shape) != 3:
+            raise ConfigError(f"data.augment: crops and flips images; {data.dataset} has inputs of shape "
+                              f"{self.data.input_shape}")
+        self.augment = torch.Generator().manual_seed(config.seed) if data.augment else None
         self._x_train = torch.from_numpy(self.data.x_train).to(self.device)
         self._y_train = torch.from_numpy(self.data.y_train).to(self.device)
         self._x_test = torch.from_numpy(self.data.x_test).to(self.device)
@@ -61,15 +72,18 @@ class Workload:
         set_vector(self.model, vector)
         self.model.zero_grad(set_to_none=False)
         index = torch.from_numpy(batch).to(self.device)
+        inputs = self._x_train[index]
+        if self.augment is not None:
+            inputs = crop_and_flip(inputs, self.augment)
         labels = self._y_train if labels is None else labels
-        loss = F.cross_entropy(self.model(self._x_train[index]), labels[index])
+        loss = F.cross_entropy(self.model(inputs), labels[index])
         loss.backward()
         return grad_vector(self.model).detach().clone(), float(loss.detach())
 
     @torch.no_grad()
     def evaluate(self, vector: torch.Tensor) -> dict[str, float]:
         set_vector(self.model, vector)
-        logits = self.model(self._x_test)
+        logits = torch.cat([self.model(chunk) for chunk in self._x_test.split(EVAL_CHUNK)])
         eval_count = min(self.config.data.eval_samples, len(self._y_train))
         train_logits = self.model(self._x_train[:eval_count])
         return {
@@ -77,3 +91,16 @@ class Workload:
             "test_loss": float(F.cross_entropy(logits, self._y_test)),
             "train_loss": float(F.cross_entropy(train_logits, self._y_train[:eval_count])),
         }
+
+
+def crop_and_flip(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
+    """The usual CIFAR augmentation: each (n, c, h, w) image shifted by a random crop of its
+    zero-padded copy and mirrored with probability 1/2."""
+    n, _, height, width = images.shape
+    padded = F.pad(images, (padding, padding, padding, padding))
+    rows = torch.randint(0, 2 * padding + 1, (n,), generator=generator).tolist()
+    cols = torch.randint(0, 2 * padding + 1, (n,), generator=generator).tolist()
+    flips = (torch.rand(n, generator=generator) < 0.5).tolist()
+    out = torch.stack([padded[i, :, r : r + height, c : c + width] for i, (r, c) in enumerate(zip(rows, cols))])
+    flipped = torch.tensor(flips, device=images.device)
+    return torch.where(flipped[:, None, None, None], out.flip(3), out)

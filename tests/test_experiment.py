@@ -38,8 +38,15 @@ def test_config_is_data_it_does_not_import_the_protocols():
 
 def imports_of(path: Path, module: str, modules: set[str]) -> set[str]:
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    tree = ast.parse(path.read_text())
+    typing_only = {  # imports under `if TYPE_CHECKING:` never run
+        id(inner) for node in ast.walk(tree) if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
+        for inner in ast.walk(node)
+    }
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):  # every import, also inside functions
+    for node in ast.walk(tree):  # every import that runs, also inside functions
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):

@@ -52,3 +52,28 @@ def test_flooding_keeps_memory_bounded():
     assert held == 3 * 4  # 3 senders x rounds 0..3
     assert box.rejected["future"] == 3 * 5 * (1000 - 4)
     assert box.rejected["duplicate"] == 3 * 4 * 4
+
+
+def test_ill_typed_headers_and_payload_subclasses_are_malformed_not_a_crash():
+    box = inbox()
+    hidden_nan = np.ma.masked_array(np.array([1, np.nan, 0, 0], np.float32), mask=[0, 1, 0, 0])
+    assert np.isfinite(hidden_nan).all()  # the mask hides the NaN from the finite check
+    bad = [
+        msg(sender=["w0"]),  # unhashable: a set lookup would raise TypeError
+        msg(kind={"gradient": 1}),
+        msg(sender=b"w0"),
+        msg(round_=1.0),  # a non-integer round is malformed, not stale
+        msg(round_="0"),
+        msg(round_=None),
+        msg(round_=True),
+        msg(round_=[0]),
+        msg(payload=hidden_nan),
+        msg(payload=np.ones(4, np.float32).view(np.recarray)),
+        msg(payload=np.ones(4, np.dtype(">f4"))),  # right kind, foreign byte order
+        msg(payload=[1.0, 1.0, 1.0, 1.0]),
+        ("w0", "ps0", "gradient", 0, np.ones(4, np.float32)),  # not a Message at all
+    ]
+    for message in bad:
+        assert not box.add(message), message
+    assert box.rejected == {"malformed": len(bad)} and box.accepted == 0
+    assert box.add(msg(round_=np.int64(0)))  # numpy integers are integers

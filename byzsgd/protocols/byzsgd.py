@@ -249,12 +249,16 @@ def make_scatter_node(
 
 
 def check_rule(field: str, name: str, f: int, inputs: int, params: dict[str, Any] | None = None) -> None:
-    """Fail at load time when a rule cannot be built from its params (wrappers such as ctma need
-    their base) or cannot run on the quorum it will be given."""
-    make_aggregator(name, f=f, **(params or {}))
-    needed = AGGREGATORS[name].min_inputs(f, **(params or {}))
+    """Fail at load time when a rule (with its params: wrappers such as ctma need their base)
+    cannot run on the quorum it will be given, or cannot be built from its params."""
+    try:
+        rule = AGGREGATORS[name]
+    except ConfigError as error:
+        raise ConfigError(f"{field}: {error}") from None
+    needed = rule.min_inputs(f, **(params or {}))
     if inputs < needed:
         raise ConfigError(f"{field}={name!r} with f={f} needs {needed} inputs, but a quorum has {inputs}")
+    make_aggregator(name, f=f, **(params or {}))
 
 
 register(ByzSGD())

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
+import threading
 import zlib
 from collections import Counter, defaultdict, deque
 from typing import Any
@@ -42,6 +44,7 @@ from byzsgd.experiment import Experiment, host_groups
 from byzsgd.faults import FaultInjector, needs_adversary
 from byzsgd.messages import Message
 from byzsgd.metrics import Monitor
+from byzsgd.plugins import load_plugins
 from byzsgd.protocols.base import Node
 from byzsgd.runtime.auth import ActorKeys, Gate, Header, draw_keys
 from byzsgd.training import Workload
@@ -58,6 +61,7 @@ class InjectorActor:
     """Hosts the fault injector, so one adversary coordinates every Byzantine node."""
 
     def __init__(self, experiment: Experiment) -> None:
+        load_plugins(experiment.config.plugins)  # the user's registered rules and attacks exist here too
         config = experiment.config
         self.injector = FaultInjector(experiment)
         self.wait_s = config.network.observe_timeout * config.network.time_unit_s
@@ -89,6 +93,7 @@ class NodeActor:
     def __init__(
         self, experiment: Experiment, node_ids: list[str], adversary: Any = None, driver_secret: bytes = b""
     ) -> None:
+        load_plugins(experiment.config.plugins)  # the user's registered rules and attacks exist here too
         config = experiment.config
         _setup_process(config)
         # Attacks that need only the node's own vector run here: no round trip to the adversary.
@@ -246,6 +251,9 @@ def start_ray(config: ExperimentConfig) -> bool:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Inside a Ray job (ray job submit) RAY_ADDRESS names the cluster: join it, start nothing.
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    # ray.init replaces a SIGTERM handler by one that exits at once; the caller's (the CLI's
+    # turns SIGTERM into an exception, so the run records how it ended and shuts Ray down) wins.
+    caller_sigterm = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     if address:
         probe_address(address, config.ray.connect_timeout_s, "ray.address" if config.ray.address else "RAY_ADDRESS")
         ray.init(address=address, log_to_driver=True)
@@ -256,6 +264,8 @@ def start_ray(config: ExperimentConfig) -> bool:
             include_dashboard=False,
             log_to_driver=True,
         )
+    if callable(caller_sigterm):
+        signal.signal(signal.SIGTERM, caller_sigterm)
     return True
 
 

@@ -163,6 +163,9 @@ def _exit_with_parent(sentinel: int) -> None:
 
 def _execute_in_pool(config: ExperimentConfig, run_dir: str, info: dict[str, Any]) -> tuple[str, str]:
     global _running
+    from byzsgd.plugins import load_plugins
+
+    load_plugins(config.plugins)  # the user's registered rules and attacks exist here too
     if _stop.is_set():
         return NOT_STARTED, ""
     run_id = info["run_id"]

@@ -1,0 +1,103 @@
+"""Load-time checks of single fields and of the components a config names.
+
+Whatever a config can get wrong is caught here, before any results folder exists, as one
+ConfigError naming the field and the rule: ranges that parsing alone cannot see (types and
+finiteness are checked while parsing, in byzsgd.config), the Ray address syntax, settings that
+do not apply to the chosen role, and the optimizer, aggregator and attacks, which are built
+once so that an unknown name or a parameter of the wrong type fails now, not at step 1.
+A new field with a range belongs in FIELD_RULES; tests/test_bad_inputs.py holds one bad
+value per rule.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from byzsgd.registry import ConfigError
+
+if TYPE_CHECKING:
+    from byzsgd.config import ExperimentConfig
+
+# Ray refuses an object store below 75 MiB.
+MIN_OBJECT_STORE = 75 * 1024 * 1024
+
+# (dotted field, rule holds for the value, the rule in words). None always passes: it means "default".
+FIELD_RULES: list[tuple[str, Callable[[Any], bool], str]] = [
+    ("seed", lambda v: 0 <= v < 2**63, "must be in [0, 2^63)"),
+    ("optimizer.momentum", lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    ("optimizer.weight_decay", lambda v: v >= 0, "must be >= 0"),
+    ("data.eval_samples", lambda v: v >= 1, "must be at least 1"),
+    ("attack.count", lambda v: v >= 0, "must be >= 0 (or null: f_w)"),
+    ("server_attack.count", lambda v: v >= 0, "must be >= 0 (or null: f_ps)"),
+    ("ray.torch_threads", lambda v: v >= 1, "must be at least 1"),
+    ("ray.num_cpus", lambda v: v >= 1, "must be at least 1 (or null: all cores)"),
+    ("ray.object_store_memory", lambda v: v >= MIN_OBJECT_STORE, f"must be at least {MIN_OBJECT_STORE} (75 MiB)"),
+    ("ray.snapshot_timeout_s", lambda v: v > 0, "must be positive"),
+    ("ray.start_timeout_s", lambda v: v > 0, "must be positive"),
+    ("ray.connect_timeout_s", lambda v: v > 0, "must be positive"),
+]
+
+# HOST:PORT (a head node's GCS) or ray://HOST:PORT (Ray Client, usually port 10001), or auto/local.
+_HOST = r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])"
+_ADDRESS = re.compile(rf"(?:ray://)?{_HOST}:(?P<port>\d{{1,5}})")
+
+
+def dotted(config: Any, name: str) -> Any:
+    for part in name.split("."):
+        config = getattr(config, part)
+    return config
+
+
+def check_fields(config: ExperimentConfig) -> None:
+    """Every check of this module, in the order a user would fix them."""
+    for name, holds, rule in FIELD_RULES:
+        value = dotted(config, name)
+        if value is not None and not holds(value):
+            raise ConfigError(f"{name}={value}: {rule}")
+    check_address(config.ray.address)
+    build_components(config)
+    check_attack_roles(config)
+
+
+def check_address(address: str | None) -> None:
+    """A syntax check only: whether anything listens there is learnt when the run connects."""
+    if address is None or address in ("auto", "local"):
+        return
+    match = _ADDRESS.fullmatch(address)
+    if match is None or not 1 <= int(match["port"]) <= 65535:
+        raise ConfigError(
+            f"ray.address={address!r}: expected auto, HOST:PORT (a running head node, e.g. 10.0.0.1:6379) "
+            "or ray://HOST:PORT (Ray Client, e.g. ray://10.0.0.1:10001)"
+        )
+
+
+def check_attack_roles(config: ExperimentConfig) -> None:
+    """Settings that would be silently ignored for a role."""
+    from byzsgd.attacks import ATTACKS
+
+    for field_name in ("attack", "server_attack"):
+        attack = getattr(config, field_name)
+        if attack.count is not None and attack.ids is not None:
+            raise ConfigError(f"{field_name}: give count or ids, not both (ids name the Byzantine nodes)")
+        if attack.name != "none" and field_name == "server_attack":
+            if getattr(ATTACKS[attack.name], "flips_labels", False):
+                raise ConfigError(
+                    f"server_attack.name={attack.name!r}: a worker attack (servers compute no gradients); "
+                    "a server sends a reversed model with signflip"
+                )
+
+
+def build_components(config: ExperimentConfig) -> None:
+    """Build what the nodes will build, so that a bad name or parameter is a ConfigError now."""
+    from byzsgd.aggregators import make_aggregator
+    from byzsgd.attacks import ATTACKS
+    from byzsgd.optim import make_estimator, make_optimizer
+
+    make_optimizer(config.optimizer)
+    make_estimator(config.optimizer)
+    make_aggregator(config.aggregator.name, f=config.nodes.f_w, **config.aggregator.params)
+    for field_name in ("attack", "server_attack"):
+        attack = getattr(config, field_name)
+        ATTACKS.build(attack.name, field=f"{field_name}.params", **attack.params)
