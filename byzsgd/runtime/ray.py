@@ -350,6 +350,8 @@ def run_ray(experiment: Experiment, monitor: Monitor) -> dict[str, Any]:
         for group, own in zip(groups, keys):
             hosts.append(NodeActor.options(**placement.options()).remote(plan, group, adversary, own.driver))
         connected = [host.connect.remote(own.driver, hosts, home, own) for host, own in zip(hosts, keys)]
+        if adversary is not None:
+            connected.append(adversary.__ray_ready__.remote())  # Ray's own: the actor is up
         wait_for_actors(config, connected, len(hosts) + omniscient)
         ray.get([host.start.remote(own.driver) for host, own in zip(hosts, keys)])
         collect_reports(experiment, monitor, hosts, home, keys)
