@@ -83,3 +83,21 @@ def test_the_fault_injectors_actor_counts_too():
     load_config(None, [*overrides, "attack={name: signflip}", "ray.num_cpus_per_actor=0.14"])  # 7 x 0.14 = 0.98
     with pytest.raises(ConfigError, match=r"0.14 x 8 actors needs 1.12 CPUs"):
         load_config(None, [*overrides, "attack={name: alie}", "ray.num_cpus_per_actor=0.14"])  # + the adversary
+
+
+def test_a_ray_sweep_against_an_address_where_nothing_listens_ends_in_one_line(tmp_path):
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("runtime: ray\nsteps: 1\nsweep:\n  grid:\n    seed: [0, 1]\n")
+    address = f"127.0.0.1:{closed_port()}"
+    result = subprocess.run(
+        [sys.executable, "-m", "byzsgd.cli", "sweep", str(sweep), "--out", str(tmp_path / "out"), "--quiet"],
+        env={**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": address},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"byzsgd: cannot connect to Ray at '{address}': nothing answers there (RAY_ADDRESS:"
+    )
+    assert "Traceback" not in result.stderr
