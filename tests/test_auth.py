@@ -31,7 +31,7 @@ def test_each_pair_shares_one_secret_that_no_third_actor_holds():
 
 def test_a_message_from_a_node_the_caller_hosts_is_admitted():
     keys, (servers, _, _) = gates()
-    header = ("w0", "ps0", "gradient", 0, 0)
+    header = ("w0", "ps0", "gradient", 0, 0, 0.0)
     assert servers.admit(1, keys[1].pairs[0], [header], 1) == [header]
     assert not servers.rejected
 
@@ -40,21 +40,25 @@ def test_a_sender_the_caller_does_not_host_is_a_forgery():
     keys, (servers, _, _) = gates()
     # Actor 1 (hosting w0) speaks as w1 (actor 2's) and as ps1 (a node of the receiving actor: a timer or
     # a server's own message), with its genuine secret.
-    forged = [("w1", "ps0", "gradient", 0, 0), ("ps1", "ps0", "model", 0, 0), ("ps0", "ps0", "timeout", 0, 0)]
-    genuine = ("w0", "ps0", "gradient", 0, 0)
+    forged = [
+        ("w1", "ps0", "gradient", 0, 0, 0.0),
+        ("ps1", "ps0", "model", 0, 0, 0.0),
+        ("ps0", "ps0", "timeout", 0, 0, 0.0),
+    ]
+    genuine = ("w0", "ps0", "gradient", 0, 0, 0.0)
     assert servers.admit(1, keys[1].pairs[0], [*forged, genuine], 1) == [genuine]
     assert servers.rejected == {"forged": 3}
 
 
 def test_a_receiver_not_hosted_here_is_refused():
     keys, (servers, _, _) = gates()
-    assert servers.admit(1, keys[1].pairs[0], [("w0", "w1", "model", 0, 0)], 1) == []
+    assert servers.admit(1, keys[1].pairs[0], [("w0", "w1", "model", 0, 0, 0.0)], 1) == []
     assert servers.rejected == {"forged": 1}
 
 
 def test_a_wrong_or_missing_secret_or_caller_drops_the_whole_call():
     keys, (servers, _, _) = gates()
-    header = ("w0", "ps0", "gradient", 0, 0)
+    header = ("w0", "ps0", "gradient", 0, 0, 0.0)
     calls = [
         (1, keys[2].pairs[0]),  # actor 2's secret claimed by actor 1
         (1, keys[1].pairs[2]),  # a secret actor 1 holds, but not for this receiver
@@ -75,21 +79,25 @@ def test_a_wrong_or_missing_secret_or_caller_drops_the_whole_call():
 def test_an_actor_not_yet_connected_admits_nothing():
     keys = draw_keys(2)
     gate = Gate(keys[0].driver)
-    assert gate.admit(1, keys[1].pairs[0], [("w0", "ps0", "gradient", 0, 0)], 1) == []
+    assert gate.admit(1, keys[1].pairs[0], [("w0", "ps0", "gradient", 0, 0, 0.0)], 1) == []
     assert gate.rejected == {"unauthenticated": 1}
 
 
 def test_malformed_headers_are_counted_and_the_rest_admitted():
     keys, (servers, _, _) = gates()
-    good = ("w0", "ps0", "gradient", 3, 1)
+    good = ("w0", "ps0", "gradient", 3, 1, 0.0)
     bad = [
-        ("w0", "ps0", "gradient", 0, 2),  # no third payload
-        ("w0", "ps0", "gradient", 0, -1),
-        ("w0", "ps0", "gradient", 0, 0.0),
-        ("w0", "ps0", "gradient", 0),
-        ["w0", "ps0", "gradient", 0, 0],
-        (("w0",), "ps0", "gradient", 0, 0),
-        ("w0", "ps0", None, 0, 0),
+        ("w0", "ps0", "gradient", 0, 2, 0.0),  # no third payload
+        ("w0", "ps0", "gradient", 0, -1, 0.0),
+        ("w0", "ps0", "gradient", 0, 0.0, 0.0),
+        ("w0", "ps0", "gradient", 0, 0),  # no lead
+        ("w0", "ps0", "gradient", 0, 0, float("nan")),
+        ("w0", "ps0", "gradient", 0, 0, float("inf")),
+        ("w0", "ps0", "gradient", 0, 0, -1e300),
+        ("w0", "ps0", "gradient", 0, 0, "1"),
+        ["w0", "ps0", "gradient", 0, 0, 0.0],
+        (("w0",), "ps0", "gradient", 0, 0, 0.0),
+        ("w0", "ps0", None, 0, 0, 0.0),
         None,
     ]
     assert servers.admit(1, keys[1].pairs[0], [*bad, good], 2) == [good]

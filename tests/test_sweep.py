@@ -103,6 +103,16 @@ def test_a_mapping_value_replaces_the_whole_section():
     ]
 
 
+def test_a_base_shared_by_several_protocols_gives_each_run_its_own_options_section():
+    sweep = {"variants": [{"label": "async", "protocol": "byzsgd"}, {"label": "sync", "protocol": "byzsgd-sync"}]}
+    plan = expand_sweep(base(byzsgd={"period": 3}, sweep=sweep), out_dir="x")
+    by_label = {r.label: r.config for r in plan.runs}
+    assert by_label["async"].options.period == 3
+    assert by_label["sync"].protocol == "byzsgd-sync"
+    with pytest.raises(ConfigError, match="apply to protocol 'byzsgd'"):  # a single run still refuses it
+        config_from_dict(base(protocol="byzsgd-sync", byzsgd={"period": 3}))
+
+
 def test_a_variant_can_pin_a_swept_key_and_identical_runs_are_planned_once():
     sweep = {
         "grid": {"attack.name": ["signflip", "gaussian", "nan"]},

@@ -28,8 +28,13 @@ from typing import Any
 
 SECRET_BYTES = 16
 
-# What a batched deliver call carries per message: sender, receiver, kind, round, index of its payload.
-Header = tuple[str, str, str, int, int]
+# What a batched deliver call carries per message: sender, receiver, kind, round, index of its
+# payload, and its lead (when it is due, relative to the sender's clock: see byzsgd.bus.Mailbox).
+Header = tuple[str, str, str, int, int, float]
+
+# A lead beyond this (network time units) is no delay the bus draws: a NaN, an infinity or a huge
+# one would throw the receiving actor's simulated clock, and so the order of everyone's messages.
+MAX_LEAD = 1e9
 
 
 @dataclass(frozen=True)
@@ -109,11 +114,14 @@ class Gate:
 
 
 def well_formed(header: Any, payload_count: int) -> bool:
-    if not isinstance(header, tuple) or len(header) != 5:
+    if not isinstance(header, tuple) or len(header) != 6:
         return False
-    sender, receiver, kind, _, index = header  # the round is the Inbox's to check
+    sender, receiver, kind, _, index, lead = header  # the round is the Inbox's to check
     return (
         all(type(value) is str for value in (sender, receiver, kind))
         and type(index) is int
         and 0 <= index < payload_count
+        and isinstance(lead, (float, int))
+        and not isinstance(lead, bool)
+        and -MAX_LEAD <= lead <= MAX_LEAD  # False for NaN
     )

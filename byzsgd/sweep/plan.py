@@ -14,6 +14,7 @@ from typing import Any
 
 from byzsgd.config import ExperimentConfig, apply_override, default_config_dict, read_yaml_mapping, set_dotted
 from byzsgd.experiment import config_from_dict
+from byzsgd.protocols import PROTOCOLS
 from byzsgd.registry import ConfigError
 from byzsgd.storage import resolve_output
 
@@ -95,6 +96,11 @@ def expand_sweep(
                     raise ConfigError(f"sweep key {key!r}: {error}") from None
             run_data["name"] = short
             run_data["output_dir"] = str(out_dir)
+            if "protocol" in swept_keys:
+                # A base shared by runs of several protocols holds each one's options section:
+                # a run keeps only its own protocol's.
+                for other in set(PROTOCOLS.names()) - {run_data.get("protocol")}:
+                    run_data.pop(other, None)
             config = resolve(run_data, f"sweep run {short!r} ({describe_settings(settings)})")
             digest = config_hash(config)
             if digest in runs:
