@@ -97,7 +97,23 @@ def test_a_ray_sweep_against_an_address_where_nothing_listens_ends_in_one_line(t
         timeout=120,
     )
     assert result.returncode == 2, result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith(
-        f"byzsgd: cannot connect to Ray at '{address}': nothing answers there (RAY_ADDRESS:"
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"byzsgd: cannot connect to Ray at '{address}': nothing answers there (RAY_ADDRESS:")
     )
     assert "Traceback" not in result.stderr
+
+
+def test_an_address_that_answers_but_is_no_ray_head_ends_within_the_start_timeout(tmp_path):
+    with socket.socket() as server:  # listens (the kernel accepts connections) and never answers
+        server.bind(("127.0.0.1", 0))
+        server.listen(16)
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        result = run_cli(
+            tmp_path, "--set", "steps=1", "--set", "runtime=ray", "--set", "ray.start_timeout_s=3", "--address", address
+        )
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"byzsgd: cannot connect to Ray at '{address}': something answers there but ray.init")
+    assert "within ray.start_timeout_s=3 s" in last and "8265 is the dashboard" in last

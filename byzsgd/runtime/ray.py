@@ -25,6 +25,7 @@ each report within ``ray.snapshot_timeout_s``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
@@ -269,8 +270,9 @@ def start_ray(config: ExperimentConfig) -> bool:
     # turns SIGTERM into an exception, so the run records how it ended and shuts Ray down) wins.
     caller_sigterm = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     if address:
-        probe_address(address, config.ray.connect_timeout_s, "ray.address" if config.ray.address else "RAY_ADDRESS")
-        ray.init(address=address, log_to_driver=True)
+        source = "ray.address" if config.ray.address else "RAY_ADDRESS"
+        probe_address(address, config.ray.connect_timeout_s, source)
+        join_cluster(address, config.ray.start_timeout_s, source)
     else:
         ray.init(
             num_cpus=config.ray.num_cpus,
@@ -281,6 +283,41 @@ def start_ray(config: ExperimentConfig) -> bool:
     if callable(caller_sigterm):
         signal.signal(signal.SIGTERM, caller_sigterm)
     return True
+
+
+def join_cluster(address: str, timeout_s: float, source: str) -> None:
+    """``ray.init(address)``, given at most ``timeout_s``: something that answers at the
+    address but is not a Ray head (a dashboard's port, another service) makes it retry for
+    minutes. It runs in a daemon thread, left behind when it hangs (the command then ends)."""
+    outcome: dict[str, BaseException] = {}
+
+    def connect() -> None:
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except BaseException as error:  # noqa: BLE001 - handed to the caller's thread
+            outcome["error"] = error
+
+    quiet = _NoSigtermWarning()
+    worker_log = logging.getLogger("ray._private.worker")
+    worker_log.addFilter(quiet)  # the caller's SIGTERM handler is kept anyway (see start_ray)
+    try:
+        thread = threading.Thread(target=connect, name="ray-init", daemon=True)
+        thread.start()
+        thread.join(timeout_s)
+    finally:
+        worker_log.removeFilter(quiet)
+    if thread.is_alive():
+        raise UnreachableClusterError(
+            f"something answers there but ray.init did not join a cluster within ray.start_timeout_s={timeout_s:g} s "
+            f"({source}: is it a head's GCS port, 6379 by default? 8265 is the dashboard: submit a job instead)"
+        )
+    if "error" in outcome:
+        raise outcome["error"]
+
+
+class _NoSigtermWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
 
 
 class UnreachableClusterError(ConnectionError):
