@@ -186,16 +186,17 @@ def read_run_info(run_dir: Path) -> dict[str, Any]:
 
 
 def run_status(run_dir: Path) -> str:
-    """finished, failed, interrupted (started, no summary, or stopped by Ctrl-C or SIGTERM),
-    pending, or corrupt (a summary that is not one a run writes, or a finished run whose
-    config.yaml or metrics.jsonl is not a file): a sweep reruns every run but the finished."""
+    """finished, failed, interrupted (started and no summary, or stopped by Ctrl-C or SIGTERM),
+    pending, or corrupt (a finished run with a folder or another non-file where its config.yaml
+    or metrics.jsonl belongs). A summary that is not one a run writes (torn, not UTF-8, a list, a
+    non-mapping ``final``) reads as absent. A sweep reruns every run but the finished."""
     summary = read_summary(run_dir)
     if summary is None:
-        if (run_dir / SUMMARY_FILE).exists() or (run_dir / SUMMARY_FILE).is_symlink():
-            return "corrupt"
         return "interrupted" if (run_dir / METRICS_FILE).exists() else "pending"
     status = summary.get("status", "failed")
-    if status == "finished" and not is_run_dir(run_dir):  # its config or metrics are gone or not files
+    if status == "finished" and any(
+        (run_dir / name).exists() and not (run_dir / name).is_file() for name in (CONFIG_FILE, METRICS_FILE)
+    ):
         return "corrupt"
     if status == "failed" and interrupted(str(summary.get("error", ""))):
         return "interrupted"

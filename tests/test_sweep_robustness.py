@@ -83,7 +83,7 @@ def test_a_corrupt_run_folder_is_run_again(tmp_path, monkeypatch, corrupt):
     broken, intact = (plan.out_dir / r.run_id for r in plan.runs)
     expected = results_of(broken)
     corrupt(broken)
-    assert run_status(broken) in ("corrupt", "pending")
+    assert run_status(broken) in ("corrupt", "interrupted", "pending")
     assert broken.name in plan_text(plan)  # reading the sweep's state never raises
     assert [row["status"] for row in results_rows(plan)] == [run_status(broken), "finished"]
 
@@ -100,7 +100,7 @@ def test_readers_return_nothing_for_corrupt_files(tmp_path):
     (tmp_path / "sweep_run.json").write_text('["label"]')
     (tmp_path / "config.yaml").write_bytes(b"a: \xff\n")
     (tmp_path / "metrics.jsonl").write_bytes(b'{"step": 0}\n[1]\n{"step": 2}\n')
-    assert read_summary(tmp_path) is None and run_status(tmp_path) == "corrupt"
+    assert read_summary(tmp_path) is None and run_status(tmp_path) == "interrupted"  # as if absent
     assert read_run_info(tmp_path) == {}
     assert read_config(tmp_path) == {}
     assert read_jsonl(tmp_path / "metrics.jsonl") == [{"step": 0}]  # up to the first row that is not an object
@@ -219,3 +219,13 @@ def test_pool_processes_stop_when_the_sweep_is_killed_outright(tmp_path, leftove
     sweep.wait(timeout=30)
     assert wait_gone(pool, 30) == []
     assert sorted(run_status(d) for d in out.iterdir() if d.is_dir()) == ["interrupted", "interrupted"]
+
+
+def test_a_finished_summary_with_a_folder_for_its_metrics_is_corrupt(tmp_path):
+    (tmp_path / "summary.json").write_text('{"status": "finished", "final": {"step": 4}}')
+    (tmp_path / "config.yaml").write_text("name: x\n")
+    (tmp_path / "metrics.jsonl").mkdir()
+    assert run_status(tmp_path) == "corrupt"
+    (tmp_path / "metrics.jsonl").rmdir()
+    (tmp_path / "metrics.jsonl").write_text('{"step": 4}\n')
+    assert run_status(tmp_path) == "finished"
