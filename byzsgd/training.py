@@ -18,11 +18,16 @@ from byzsgd.registry import ConfigError
 EVAL_CHUNK = 4096  # test samples per forward pass when evaluating (bounds memory on large models)
 
 
+def check_device(name: str) -> None:
+    """The driver's check before it writes anything: it evaluates on this device itself."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda: torch sees no CUDA device on this machine (use device: auto or cpu)")
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: cuda was requested but torch sees no CUDA device")
+    check_device(name)
     return torch.device(name)
 
 
@@ -39,8 +44,9 @@ class Workload:
         check_output(self.model, model.name, sample, self.data.num_classes)
         # Random crop and flip of training batches (seeded per process); off by default.
         if data.augment and len(self.data.input_shape) != 3:
-            raise ConfigError(f"data.augment: crops and flips images; {data.dataset} has inputs of shape "
-                              f"{self.data.input_shape}")
+            raise ConfigError(
+                f"data.augment: crops and flips images; {data.dataset} has inputs of shape {self.data.input_shape}"
+            )
         self.augment = torch.Generator().manual_seed(config.seed) if data.augment else None
         self._x_train = torch.from_numpy(self.data.x_train).to(self.device)
         self._y_train = torch.from_numpy(self.data.y_train).to(self.device)

@@ -12,11 +12,11 @@ import sys
 from collections.abc import Sequence
 
 from byzsgd.cli.commands import plot_command, run_command, sweep_command
-from byzsgd.cli.console import report_crash
+from byzsgd.cli.console import print_warnings, report_crash
 from byzsgd.cli.listing import list_text
 from byzsgd.cli.parser import build_parser, cli_overrides
 from byzsgd.config import ExperimentConfig
-from byzsgd.experiment import load_config
+from byzsgd.experiment import ignored_settings, load_config
 from byzsgd.registry import ConfigError
 
 
@@ -54,6 +54,7 @@ def dispatch(args: argparse.Namespace) -> int:
         return 2
     except Exception as error:  # noqa: BLE001 - a bug, not bad input: one line and where the traceback is
         return report_crash("cannot load the config", error)
+    print_warnings(ignored_settings(config))
     if args.command == "config":
         import yaml
 

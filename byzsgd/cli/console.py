@@ -7,6 +7,7 @@ import signal
 import sys
 import tempfile
 import traceback
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,12 @@ class Terminated(KeyboardInterrupt):
 
 def raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated(f"terminated by signal {signal.Signals(signum).name}")
+
+
+def print_warnings(notes: Iterable[str]) -> None:
+    """Each distinct warning once, one line on stderr (a sweep's runs often share one)."""
+    for note in dict.fromkeys(notes):
+        print(f"byzsgd: warning: {note}", file=sys.stderr)
 
 
 def one_line(error: BaseException) -> str:
