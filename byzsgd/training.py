@@ -44,9 +44,8 @@ class Workload:
         check_output(self.model, model.name, sample, self.data.num_classes)
         # Random crop and flip of training batches (seeded per process); off by default.
         if data.augment and len(self.data.input_shape) != 3:
-            raise ConfigError(
-                f"data.augment: crops and flips images; {data.dataset} has inputs of shape {self.data.input_shape}"
-            )
+            raise ConfigError(f"data.augment: crops and flips images; {data.dataset} has inputs of shape "
+                              f"{self.data.input_shape}")
         self.augment = torch.Generator().manual_seed(config.seed) if data.augment else None
         self._x_train = torch.from_numpy(self.data.x_train).to(self.device)
         self._y_train = torch.from_numpy(self.data.y_train).to(self.device)
