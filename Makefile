@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 
-.PHONY: demo test test-fast lint bench clean
+.PHONY: demo test test-fast lint bench clean mutation
 
 $(BIN)/byzsgd: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,17 @@ test: $(BIN)/byzsgd
 test-fast: $(BIN)/byzsgd
 	$(BIN)/pytest -q -m "not slow"
 
+# Mutation testing (slow, not part of CI): mutates the modules listed under [tool.mutmut] in
+# pyproject.toml, runs the fast suite against each mutant, prints the score and the survivors.
+# MUTANTS narrows the run to mutant names matching a glob, e.g. MUTANTS='byzsgd.aggregators*'.
+MUTANTS ?=
+mutation: $(BIN)/byzsgd
+	rm -rf mutants
+	RAY_USAGE_STATS_ENABLED=0 OMP_NUM_THREADS=1 HYPOTHESIS_PROFILE=ci $(BIN)/mutmut run $(MUTANTS)
+	$(BIN)/python tests/mutation_report.py
+
 lint: $(BIN)/byzsgd
 	$(BIN)/ruff check byzsgd tests benchmarks
 
 clean:
-	rm -rf $(VENV) results .pytest_cache
+	rm -rf $(VENV) results .pytest_cache .hypothesis mutants

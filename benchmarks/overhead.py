@@ -1,4 +1,4 @@
-"""What Byzantine resilience costs on Ray: steps/s and time-to-accuracy against vanilla SGD.
+"""What Byzantine resilience costs: steps/s and CPU per step against vanilla SGD, and the floor.
 
 Same data, model and worker count for every system, no attack (the cost of resilience itself):
 
@@ -7,16 +7,27 @@ Same data, model and worker count for every system, no attack (the cost of resil
   (c) ByzSGD:  replicated servers, asynchronous (``protocol: byzsgd``)
   (d) ByzSGD-sync: the synchronous variant (``protocol: byzsgd-sync``), skipped if not installed
 
-Besides wall-clock figures it reports CPU time per step, summed over every process of the local
-Ray instance (driver, raylet, actors): on a shared machine wall time depends on what else runs,
-CPU time much less. All runs share one local Ray instance, so start-up is the actors' alone.
-Each system runs ``--repeat`` times (the median run is shown) per ``--actors`` value: one actor
-per node (every message a Ray call), and the nodes hosted by a few actors (``ray.actors``: servers
-in some, workers in the others, messages between actors batched).
+``--runtime ray`` (the default) runs every system on a local Ray instance and reports CPU time
+summed over every process of it (driver, raylet, actors): on a shared machine wall time depends
+on what else runs, CPU time much less. Each system runs ``--repeat`` times (the median run is
+shown) per ``--actors`` value: one actor per node (every message a Ray call), and the nodes
+hosted by a few actors (``ray.actors``: servers in some, workers in the others, messages
+between actors batched).
 
-    python benchmarks/overhead.py                    # digits + MLP (the demo's workload)
+``--runtime local`` runs the same systems in the in-process simulator on one thread (no Ray, no
+serialisation): what remains is the protocol's own work. It also prints the bytes that
+``to_payload`` and ``stack_payloads`` write per step, and a floor row per system: the same
+gradients and the same aggregations, computed in one process with no messages, no inbox and no
+copies but one stack per aggregation: the limit of this machine for that system. CPU figures
+exclude the monitor's evaluations of the servers' models.
+
+    python benchmarks/overhead.py                    # digits + MLP (the demo's workload), on Ray
+    python benchmarks/overhead.py --runtime local --workload mnist-wide --steps 30
     python benchmarks/overhead.py --actors 3 --repeat 1   # only the nodes hosted by 3 actors, once
-    python benchmarks/overhead.py --workload mnist-cnn --steps 150
+    python benchmarks/overhead.py --runtime local --workload cifar-resnet18 --steps 3 --repeat 1
+    python benchmarks/overhead.py --workload cifar-resnet18 --cifar-root ~/data   # real CIFAR-10
+
+Timings on a shared machine are noisy: repeat, and compare CPU per step rather than wall time.
 """
 
 from __future__ import annotations
@@ -26,16 +37,39 @@ import os
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-WORKLOADS = {
+# The model and data each workload trains. cifar-resnet18 needs `model: resnet18` and the
+# `cifar10` / `synthetic` (with data.params.shape) datasets: a byzsgd without them says so.
+WORKLOADS: dict[str, dict[str, Any]] = {
     "digits-mlp": {"data": {"dataset": "digits", "batch_size": 32}, "model": {"name": "mlp", "hidden": 64}},
     "mnist-cnn": {"data": {"dataset": "mnist5k", "batch_size": 64}, "model": {"name": "cnn"}},
+    # MLP 784-2048-10 on MNIST-5k: d = 1.63M, the size where aggregation costs show.
+    "mnist-wide": {"data": {"dataset": "mnist5k", "batch_size": 32}, "model": {"name": "mlp", "hidden": 2048}},
+    # ResNet-18 for 32x32x3 inputs, d ~ 11.2M: CIFAR-10 from --cifar-root, else generated images.
+    "cifar-resnet18": {
+        "data": {
+            "dataset": "synthetic",
+            "batch_size": 32,
+            "params": {"samples": 512, "shape": [3, 32, 32]},
+            "eval_samples": 128,
+        },
+        "model": {"name": "resnet18"},
+    },
 }
+NEEDS = {"cifar-resnet18": "model 'resnet18' and the datasets 'cifar10'/'synthetic' with data.params"}
+
+
+def workload_sections(args: argparse.Namespace) -> dict[str, Any]:
+    sections = {key: dict(value) for key, value in WORKLOADS[args.workload].items()}
+    if args.workload == "cifar-resnet18" and args.cifar_root:
+        sections["data"] = {"dataset": "cifar10", "batch_size": 32, "root": args.cifar_root}
+    return sections
 
 
 def systems(n_w: int, f_w: int, n_ps: int, f_ps: int) -> dict[str, dict[str, Any]]:
@@ -82,13 +116,15 @@ def cpu_used(before: dict[int, tuple[bytes, int]], after: dict[int, tuple[bytes,
     return {pid: (ticks - before.get(pid, (b"", 0))[1]) / tick for pid, (_, ticks) in after.items()}
 
 
-def run_one(
-    name: str, section: dict[str, Any], args: argparse.Namespace, actors: int | None, out: Path
-) -> dict[str, Any] | None:
+class WorkloadUnavailable(RuntimeError):
+    """The installed byzsgd does not know a model or dataset the workload needs."""
+
+
+def make_config(name: str, section: dict[str, Any], args: argparse.Namespace, runtime: str, actors: int | None) -> Any:
+    """The experiment config of one system, or None when its protocol is not installed."""
     from byzsgd.experiment import config_from_dict
     from byzsgd.protocols import PROTOCOLS
     from byzsgd.registry import ConfigError
-    from byzsgd.runner import run_experiment
 
     if section["protocol"] not in PROTOCOLS.names():
         print(f"  {name}: protocol {section['protocol']!r} is not installed; skipped", flush=True)
@@ -96,21 +132,36 @@ def run_one(
     data = {
         "name": name,
         "seed": args.seed,
-        "runtime": "ray",
+        "runtime": runtime,
         "steps": args.steps,
         "eval_every": args.eval_every,
         "device": "cpu",
         "optimizer": {"name": "sgd", "lr": args.lr},
         "attack": {"name": "none"},
         "server_attack": {"name": "none"},
-        **WORKLOADS[args.workload],
+        **workload_sections(args),
         **section,
-        "ray": {"actors": actors},
     }
+    if runtime == "ray":
+        data["ray"] = {"actors": actors}
     try:
-        config = config_from_dict(data)
+        return config_from_dict(data)
     except ConfigError as error:
+        if args.workload in NEEDS:
+            raise WorkloadUnavailable(
+                f"workload {args.workload!r} needs {NEEDS[args.workload]}, which this byzsgd does not accept ({error})"
+            ) from error
         print(f"  {name}: skipped ({error})", flush=True)
+        return None
+
+
+def run_one(
+    name: str, section: dict[str, Any], args: argparse.Namespace, actors: int | None, out: Path
+) -> dict[str, Any] | None:
+    from byzsgd.runner import run_experiment
+
+    config = make_config(name, section, args, "ray", actors)
+    if config is None:
         return None
     marks: dict[str, Any] = {}
 
@@ -144,6 +195,148 @@ def run_one(
     }
 
 
+def run_local(name: str, section: dict[str, Any], args: argparse.Namespace, out: Path) -> dict[str, Any] | None:
+    """One system in the in-process simulator: CPU and wall time per step from the step-0 row to
+    the last, less the time the monitor spent evaluating models; payload bytes copied per step."""
+    from byzsgd import metrics
+    from byzsgd.protocols import base
+    from byzsgd.runner import run_experiment
+
+    config = make_config(name, section, args, "local", None)
+    if config is None:
+        return None
+    spent = {"cpu": 0.0, "wall": 0.0}
+    marks: dict[str, Any] = {}
+    write = metrics.Monitor._write
+
+    def timed_write(monitor: Any, step: int, models: dict[str, Any]) -> None:
+        # The step-0 row's evaluation comes before the window opens (on_row opens it).
+        counting = "start" in marks
+        cpu, wall = time.process_time(), time.perf_counter()
+        write(monitor, step, models)
+        if counting:
+            spent["cpu"] += time.process_time() - cpu
+            spent["wall"] += time.perf_counter() - wall
+
+    def on_row(row: dict[str, Any]) -> None:
+        if row["step"] == 0:
+            marks["start"] = (time.process_time(), time.perf_counter(), Counter(getattr(base, "copied_bytes", {})))
+        if row["step"] == config.steps:
+            marks["end"] = (time.process_time(), time.perf_counter(), Counter(getattr(base, "copied_bytes", {})))
+
+    metrics.Monitor._write = timed_write
+    try:
+        started = time.perf_counter()
+        result = run_experiment(config, out / name, on_row=on_row)
+    finally:
+        metrics.Monitor._write = write
+    (cpu0, wall0, bytes0), (cpu1, wall1, bytes1) = marks["start"], marks["end"]
+    cpu = cpu1 - cpu0 - spent["cpu"]
+    wall = wall1 - wall0 - spent["wall"]
+    rows = result.rows
+    return {
+        "system": name,
+        "actors": None,
+        "startup_s": marks["start"][1] - started,
+        "startup_cpu_s": None,
+        "steps_per_s": args.steps / wall,
+        "cpu_ms_per_step": 1e3 * cpu / args.steps,
+        "copied_mb_per_step": sum((bytes1 - bytes0).values()) / 1e6 / args.steps,
+        "steps_to_target": None,
+        "time_to_target_s": None,
+        "final_acc": rows[-1]["test_acc"],
+    }
+
+
+def run_floor(name: str, section: dict[str, Any], args: argparse.Namespace) -> dict[str, Any] | None:
+    """The arithmetic of one step of `name`, in one process with no messages: the same gradients
+    (one per worker, at the point the protocol evaluates them) and the same aggregations (each
+    on its inputs stacked once) and optimizer steps; ByzSGD's Gather every T steps. byzsgd-sync
+    gets ByzSGD's arithmetic (its filters are not counted: a floor, not a model of it)."""
+    import torch
+
+    from byzsgd.aggregators import make_aggregator
+    from byzsgd.optim import make_optimizer
+    from byzsgd.protocols.byzsgd import gather_period
+    from byzsgd.training import Workload
+
+    config = make_config(name, section, args, "local", None)
+    if config is None:
+        return None
+    nodes = config.nodes
+    workload = Workload(config)
+    samplers = [workload.sampler(i) for i in range(nodes.n_w)]
+    q_w = nodes.n_w - nodes.f_w
+    aggregator = make_aggregator(config.aggregator.name, f=nodes.f_w, **config.aggregator.params)
+    replicated = section["protocol"] != "ps"
+    n_servers = nodes.n_ps if replicated else 1
+    models = [workload.initial_vector() for _ in range(n_servers)]
+    optimizers = [make_optimizer(config.optimizer) for _ in range(n_servers)]
+    if replicated:
+        q_ps = nodes.n_ps - nodes.f_ps
+        model_rule = make_aggregator(config.options.model_rule, f=nodes.f_ps)
+        period = gather_period(config)
+
+    # Inputs are stacked once into buffers allocated once: a fresh (n, d) tensor per step costs
+    # page faults that belong to no protocol.
+    d = workload.dimension
+    gradient_rows = torch.empty(q_w, d)
+    model_rows = torch.empty(q_ps if replicated else 1, d)
+    parts: Counter[str] = Counter()
+
+    def timed(part: str, fn: Any, *args: Any) -> Any:
+        began = time.process_time()
+        out = fn(*args)
+        parts[part] += time.process_time() - began
+        return out
+
+    def stacked(rows: torch.Tensor, vectors: list[Any]) -> torch.Tensor:
+        for row, vector in zip(rows, vectors, strict=False):
+            row.copy_(vector)
+        return rows
+
+    def step(t: int) -> None:
+        for i, sampler in enumerate(samplers):
+            if replicated:  # each worker takes its own median of the models it received
+                point = timed("model rule", model_rule, timed("stack", stacked, model_rows, models))
+            else:
+                point = models[0]
+            gradient = timed("gradients", workload.gradient, point, sampler.next())[0]
+            if i < q_w:
+                timed("stack", stacked, gradient_rows[i : i + 1], [gradient])
+        for s in range(n_servers):
+            # Every correct server aggregates the same number of gradients.
+            aggregate = timed("aggregator", aggregator, gradient_rows)
+            models[s] = timed("optimizer", optimizers[s].step, models[s], aggregate)
+        if replicated and (t + 1) % period == 0:
+            models[:] = [
+                timed("model rule", model_rule, timed("stack", stacked, model_rows, models)) for _ in range(n_servers)
+            ]
+
+    step(0)  # warm up
+    parts.clear()
+    cpu, wall = time.process_time(), time.perf_counter()
+    for t in range(1, args.steps + 1):
+        step(t)
+    print(
+        f"  floor:{name} CPU ms/step by part: "
+        + ", ".join(f"{part} {1e3 * spent / args.steps:.1f}" for part, spent in parts.most_common()),
+        flush=True,
+    )
+    return {
+        "system": f"floor:{name}",
+        "actors": None,
+        "startup_s": None,
+        "startup_cpu_s": None,
+        "steps_per_s": args.steps / (time.perf_counter() - wall),
+        "cpu_ms_per_step": 1e3 * (time.process_time() - cpu) / args.steps,
+        "copied_mb_per_step": None,
+        "steps_to_target": None,
+        "time_to_target_s": None,
+        "final_acc": None,
+    }
+
+
 def fmt(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -170,9 +363,74 @@ def print_table(results: list[dict[str, Any]]) -> None:
         )
 
 
+def print_local_table(results: list[dict[str, Any]]) -> None:
+    """The in-process table: each system, then its floor; CPU as a multiple of vanilla's and of
+    the floor's (lower is better), steps/s as a fraction of vanilla's (higher is better)."""
+    base = next((r for r in results if r["system"] == "vanilla"), None)
+    floors = {r["system"].removeprefix("floor:"): r for r in results if r["system"].startswith("floor:")}
+    print(
+        f"{'system':18s} {'steps/s':>8s} {'range':>11s} {'x vanilla':>9s} {'CPU ms/step':>11s} "
+        f"{'CPU/vanilla':>11s} {'CPU/floor':>9s} {'copied MB/step':>14s} {'final acc':>9s}"
+    )
+    for r in results:
+        floor = floors.get(r["system"])
+        speed = r["steps_per_s"] / base["steps_per_s"] if base else None
+        cost = r["cpu_ms_per_step"] / base["cpu_ms_per_step"] if base else None
+        above = r["cpu_ms_per_step"] / floor["cpu_ms_per_step"] if floor else None
+        spread = r.get("steps_per_s_range")
+        print(
+            f"{r['system']:18s} {r['steps_per_s']:8.2f} "
+            f"{'{:.1f}-{:.1f}'.format(*spread) if spread else '-':>11s} {fmt(speed, '.2f'):>9s} "
+            f"{r['cpu_ms_per_step']:11.1f} {fmt(cost, '.2f'):>11s} {fmt(above, '.2f'):>9s} "
+            f"{fmt(r['copied_mb_per_step'], '.1f'):>14s} {fmt(r['final_acc'], '.3f'):>9s}"
+        )
+
+
+def median_run(runs: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The run of median steps/s, with the spread of steps/s over the repeats."""
+    done = sorted((r for r in runs if r), key=lambda r: r["steps_per_s"])
+    if not done:
+        return None
+    row = done[len(done) // 2]
+    row["steps_per_s_range"] = (done[0]["steps_per_s"], done[-1]["steps_per_s"])
+    return row
+
+
+def main_local(args: argparse.Namespace) -> int:
+    import torch
+
+    torch.set_num_threads(1)  # one thread: CPU time is the work, not thread hand-offs
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(args.out) if args.out else Path(scratch)
+        for name, section in systems(args.n_w, args.f_w, args.n_ps, args.f_ps).items():
+            if args.only and name not in args.only:
+                continue
+            print(f"running {name} in process, {args.repeat}x, and its floor ...", flush=True)
+            row = median_run([run_local(name, section, args, out / f"{name}-{i}") for i in range(args.repeat)])
+            if row:
+                rows.append(row)
+                floor = median_run([run_floor(name, section, args) for _ in range(args.repeat)])
+                if floor:
+                    rows.append(floor)
+    print(
+        f"\n{args.workload}, runtime local (one thread), {args.n_w} workers, {args.steps} steps, no attack; "
+        f"load average now {os.getloadavg()[0]:.1f}"
+    )
+    print_local_table(rows)
+    print(
+        "\nx vanilla: steps/s over vanilla's. CPU/vanilla and CPU/floor: CPU per step as a multiple of\n"
+        "vanilla's and of the system's floor (its gradients and aggregations with no messaging), lower is\n"
+        "better. copied MB/step: bytes written by to_payload and stack_payloads. Evaluations excluded."
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workload", choices=sorted(WORKLOADS), default="digits-mlp")
+    parser.add_argument("--runtime", choices=["ray", "local"], default="ray")
+    parser.add_argument("--cifar-root", help="folder holding cifar-10-batches-bin (cifar-resnet18 only)")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--lr", type=float, default=0.1)
@@ -193,7 +451,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", help="run only these systems")
     parser.add_argument("--out", help="keep the runs' results here (default: a temporary folder)")
     args = parser.parse_args(argv)
+    try:
+        if args.runtime == "local":
+            return main_local(args)
+        return main_ray(args)
+    except WorkloadUnavailable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
+
+def main_ray(args: argparse.Namespace) -> int:
     import ray
 
     started = time.perf_counter()
@@ -211,11 +478,8 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     print(f"running {name}, ray.actors={count}, {args.repeat}x ...", flush=True)
                     folder = out / f"actors-{actors}"
-                    runs = [run_one(name, section, args, count, folder / str(i)) for i in range(args.repeat)]
-                    runs = sorted((r for r in runs if r), key=lambda r: r["steps_per_s"])
-                    if runs:  # the median run, and the spread of steps/s over the repeats
-                        row = runs[len(runs) // 2]
-                        row["steps_per_s_range"] = (runs[0]["steps_per_s"], runs[-1]["steps_per_s"])
+                    row = median_run([run_one(name, section, args, count, folder / str(i)) for i in range(args.repeat)])
+                    if row:
                         rows.append(row)
         finally:
             ray.shutdown()

@@ -100,9 +100,10 @@ class AttackConfig:
 @dataclass
 class NetworkConfig:
     """The message bus. The in-process runtime simulates delays in time units; the Ray runtime
-    has a real network and injects only the extra delays below, at ``time_unit_s`` per unit."""
+    has a real network and injects only the extra delays below, at ``time_unit_s`` per unit
+    (``delay`` and ``jitter`` only order each Ray actor's queue: see byzsgd.bus.Mailbox)."""
 
-    delay: float = 1.0  # mean message delay, in simulated time units (in-process runtime only)
+    delay: float = 1.0  # mean message delay, in simulated time units
     jitter: float = 0.5  # delays are uniform in delay * [1 - jitter, 1 + jitter]
     reorder: float = 0.0  # probability that a message is held back, so later ones overtake it
     reorder_delay: float = 3.0  # how long a held-back message waits, in time units

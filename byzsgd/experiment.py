@@ -179,6 +179,7 @@ class Experiment:
     settings: dict[str, Any]  # the protocol's derived settings (e.g. ByzSGD's gather period)
     groups: list[list[str]]  # the nodes each Ray actor hosts
     derived: dict[str, Any] = field(default_factory=dict)  # the protocol's searches (Protocol.derive)
+    gradient_quorum: int = 0  # how many gradients a correct server aggregates (Protocol.gradient_quorum)
 
     @property
     def protocol(self) -> Protocol:
@@ -213,4 +214,5 @@ def assemble(config: ExperimentConfig) -> Experiment:
         settings=protocol.describe(config),
         groups=host_groups(servers, workers, config.ray.actors),
         derived=derived,
+        gradient_quorum=protocol.gradient_quorum(config),
     )

@@ -35,8 +35,9 @@ OBSERVED_ROUNDS = 8  # rounds of observations kept per kind: bounds the adversar
 class Role:
     """The attack on one role (workers or servers), carried out by the roster's members."""
 
-    def __init__(self, roster: RoleRoster, aggregate: Callable) -> None:
+    def __init__(self, roster: RoleRoster, aggregate: Callable, quorum: int) -> None:
         self.roster = roster
+        self.quorum = quorum  # how many of the role's vectors a correct receiver aggregates
         self.ids = roster.ids
         self.count = roster.count
         self.rotate_every = roster.rotate_every
@@ -68,8 +69,9 @@ class FaultInjector:
         config = experiment.config
         gradient_rule = make_aggregator(config.aggregator.name, f=config.nodes.f_w, **config.aggregator.params)
         self.seed = config.seed
-        self.workers = Role(experiment.roster.workers, gradient_rule)
-        self.servers = Role(experiment.roster.servers, coordinate_median)
+        nodes = config.nodes
+        self.workers = Role(experiment.roster.workers, gradient_rule, experiment.gradient_quorum)
+        self.servers = Role(experiment.roster.servers, coordinate_median, nodes.n_ps - nodes.f_ps)
         self.byzantine = experiment.roster.byzantine
         self.observed: dict[tuple[str, int], dict[str, np.ndarray]] = {}
         self.colluded: dict[tuple[str, int], np.ndarray | None] = {}
@@ -165,4 +167,5 @@ class FaultInjector:
             n=len(role.ids),
             f=role.count,
             aggregate=lambda vectors: np.asarray(role.aggregate(vectors)),
+            quorum=role.quorum,
         )

@@ -1,17 +1,21 @@
 """Each attack changes what Byzantine nodes send as specified (checked against independent
 computations), through the fault injector that the runtimes use."""
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
 from scipy.stats import norm
 from torch.nn import functional as F
 
-from byzsgd.attacks import ATTACKS, FlippedLabels, alie_z
+from byzsgd.aggregators import make_aggregator
+from byzsgd.attacks import ATTACKS, AttackContext, FlippedLabels, alie_z
 from byzsgd.faults import FaultInjector
 from byzsgd.messages import broadcast
 from byzsgd.models import build_model, set_vector
 from byzsgd.registry import ConfigError
+from byzsgd.runner import run_experiment
 from byzsgd.training import Workload
 from tests.conftest import make_config
 
@@ -53,10 +57,29 @@ def test_alie_z_matches_the_papers_formula():
     for n, f in [(10, 3), (7, 2), (50, 24), (25, 5)]:
         s = np.floor(n / 2 + 1) - f
         assert alie_z(n, f) == pytest.approx(norm.ppf((n - f - s) / (n - f)))
+        assert alie_z(n, f, "paper") == pytest.approx(norm.ppf((n - s) / n))
     with pytest.raises(ValueError, match="undefined"):
         alie_z(4, 3)  # s = 0: the quantile is 1
     with pytest.raises(ValueError, match="0 < f < n"):
         alie_z(5, 0)
+    with pytest.raises(ValueError, match="z_formula='baruch' must be one of honest, paper"):
+        alie_z(7, 2, "baruch")
+
+
+@pytest.mark.parametrize(
+    ("n", "f", "honest", "paper"),
+    [
+        # s = floor(n/2 + 1) - f; honest: Phi^-1((n - f - s)/(n - f)); paper: Phi^-1((n - s)/n).
+        (17, 8, 1.220640, 1.564726),  # s = 1: Phi^-1(8/9), Phi^-1(16/17)
+        (10, 3, 0.180012, 0.524401),  # s = 3: Phi^-1(4/7), Phi^-1(7/10)
+        (7, 2, 0.253347, 0.565949),  # s = 2: Phi^-1(3/5), Phi^-1(5/7)
+        (31, 10, 0.565949, 0.864894),  # s = 6: Phi^-1(15/21), Phi^-1(25/31)
+    ],
+)
+def test_alie_z_both_formulas_by_hand(n, f, honest, paper):
+    assert alie_z(n, f) == pytest.approx(honest, abs=1e-6)
+    assert alie_z(n, f, "honest") == pytest.approx(honest, abs=1e-6)
+    assert alie_z(n, f, "paper") == pytest.approx(paper, abs=1e-6)
 
 
 def test_unknown_attack_names_list_the_known_ones():
@@ -110,6 +133,11 @@ def test_alie_sends_mean_plus_z_std_of_the_correct_gradients_and_waits_for_them(
     inj = injector("alie", {"z": -1.5})
     honest = observe_correct(inj)
     np.testing.assert_allclose(attacked(inj)[0], honest.mean(0) - 1.5 * honest.std(0), rtol=1e-5, atol=1e-6)
+    inj = injector("alie", {"z_formula": "paper"})  # n = 7, f = 2: z = Phi^-1(5/7) = 0.565949
+    honest = observe_correct(inj)
+    np.testing.assert_allclose(attacked(inj)[0], honest.mean(0) + 0.565949 * honest.std(0), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ConfigError, match="z_formula"):
+        injector("alie", {"z_formula": "baruch"})
 
 
 def test_byzantine_workers_collude_on_one_vector_per_round():
@@ -137,28 +165,126 @@ def test_mimic_copies_one_correct_worker():
     np.testing.assert_allclose(attacked(inj)[0], honest[0], rtol=1e-6)
 
 
-def displacement(honest, byzantine, f=2):
-    """How far the coordinate median moves from the correct mean (independent of the attack code)."""
-    inputs = np.concatenate([honest, np.repeat(byzantine[None], f, axis=0)])
-    return np.linalg.norm(np.median(inputs, axis=0) - honest.mean(0))
+def independent_mda(inputs, f):
+    """Minimum-diameter averaging by brute force: the mean of the n - f inputs of smallest diameter."""
+    best, best_diameter = None, np.inf
+    for chosen in itertools.combinations(range(len(inputs)), len(inputs) - f):
+        subset = inputs[list(chosen)]
+        diameter = max(np.linalg.norm(a - b) for a, b in itertools.combinations(subset, 2))
+        if diameter < best_diameter:
+            best, best_diameter = subset.mean(0), diameter
+    return best
 
 
-@pytest.mark.parametrize(
-    ("name", "candidate"),
-    [
-        ("optimal-alie", lambda h, s: h.mean(0) + s * h.std(0)),
-        ("optimal-ipm", lambda h, s: -s * h.mean(0)),
-    ],
-)
-def test_line_search_picks_the_scale_that_hurts_the_configured_aggregator_most(name, candidate):
-    inj = injector(name, {"max_scale": 4.0, "points": 9}, aggregator={"name": "median"})
+RULES = {"median": lambda inputs, f: np.median(inputs, axis=0), "mda": independent_mda}
+
+
+def descent_loss(output, center):
+    """Progress lost along the correct mean (objective: descent)."""
+    return (center - output) @ center / np.linalg.norm(center)
+
+
+def quorum_damage(honest, byzantine, rule, f=2, q=5, copies="uniform", measure=None):
+    """What a correct server aggregates, independently of the attack code: q vectors, c of them
+    Byzantine copies of ``byzantine`` and q - c correct ones (every choice equally likely); the
+    mean distance of the rule's output from the correct mean. ``random``: the quorum is a uniform
+    q-subset of all senders; ``uniform``: c = 1 .. f equally likely."""
+    center = honest.mean(0)
+    measure = measure or (lambda output, center: np.linalg.norm(output - center))
+    if copies == "random":
+        senders = np.concatenate([honest, np.repeat(byzantine[None], f, axis=0)])
+        subsets = itertools.combinations(range(len(senders)), q)
+        return float(np.mean([measure(RULES[rule](senders[list(c)], f), center) for c in subsets]))
+    by_count = []
+    for c in range(1, f + 1):
+        gaps = [
+            measure(RULES[rule](np.concatenate([honest[list(chosen)], [byzantine] * c]), f), center)
+            for chosen in itertools.combinations(range(len(honest)), q - c)
+        ]
+        by_count.append(np.mean(gaps))
+    return float(np.mean(by_count))
+
+
+FAMILIES = {
+    # name: (the family's vector at scale s, its plain members' scales at n_w = 7, f_w = 2)
+    "optimal-alie": (lambda h, s: h.mean(0) + s * h.std(0), [0.253347, 0.565949, 0.5, 1.0, 1.5, 2.0, 3.0]),
+    "optimal-ipm": (lambda h, s: -s * h.mean(0), [0.1, 0.5, 1.0, 2.0, 5.0, 10.0]),
+}
+
+
+@pytest.mark.parametrize("copies", ["uniform", "random"])
+@pytest.mark.parametrize("rule", ["median", "mda"])
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_optimal_attack_hurts_the_servers_quorum_at_least_as_much_as_every_plain_member(name, rule, copies):
+    # n_w = 7, f_w = 2: a server aggregates q = 5 gradients; subsets=21 lets the search see every
+    # quorum (C(5, 4) = 5 with one copy, C(5, 3) = 10 with two), as quorum_damage does.
+    candidate, fixed = FAMILIES[name]
+    inj = injector(name, {"subsets": 21, "copies": copies, "objective": "distance"}, aggregator={"name": rule})
     honest = observe_correct(inj)
     sent = attacked(inj)[0].astype(np.float64)
-    gaps = {s: displacement(honest, candidate(honest, s)) for s in np.linspace(0, 4, 9)}
-    best = max(gaps, key=gaps.get)
-    np.testing.assert_allclose(sent, candidate(honest, best), rtol=1e-5, atol=1e-6)
-    assert displacement(honest, sent) == pytest.approx(max(gaps.values()), rel=1e-4)
-    assert displacement(honest, sent) > min(gaps.values())  # the search had something to choose
+    achieved = quorum_damage(honest, sent, rule, copies=copies)
+    plain = {s: quorum_damage(honest, candidate(honest, s), rule, copies=copies) for s in fixed}
+    grid = {
+        s: quorum_damage(honest, candidate(honest, s), rule, copies=copies) for s in [0.0, *np.geomspace(0.05, 10, 20)]
+    }
+    assert achieved >= max(plain.values()) * (1 - 1e-4)  # never weaker than a plain member
+    assert achieved == pytest.approx(max({**plain, **grid}.values()), rel=1e-4)  # the best candidate
+    assert achieved > min(grid.values())  # the search had something to choose
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_descent_objective_maximises_the_progress_lost_along_the_correct_mean(name):
+    candidate, fixed = FAMILIES[name]
+    inj = injector(name, {"subsets": 21}, aggregator={"name": "median"})  # descent: the default
+    honest = observe_correct(inj)
+    sent = attacked(inj)[0].astype(np.float64)
+    scales = [*fixed, 0.0, *np.geomspace(0.05, 10, 20)]
+    losses = [quorum_damage(honest, candidate(honest, s), "median", measure=descent_loss) for s in scales]
+    achieved = quorum_damage(honest, sent, "median", measure=descent_loss)
+    assert achieved == pytest.approx(max(losses), rel=1e-4, abs=1e-6)
+
+
+def test_line_search_draws_quorums_when_there_are_too_many_to_try():
+    # n = 12 senders (9 correct, f = 3), q = 9: C(12, 9) = 220 quorums; with subsets=8 the search
+    # weighs 1, 2 or 3 copies exactly (P = 27/220, 108/220, 84/220; 0 copies: 1/220) and draws
+    # ceil(8 P) correct subsets for each; on those same draws its vector beats every plain IPM.
+    honest = np.random.default_rng(3).normal(size=(9, D)) + 0.3
+    mda = make_aggregator("mda", f=3)
+
+    def context():
+        observed = {f"w{i}": honest[i] for i in range(9)}
+        return AttackContext("w9", "ps0", "gradient", 0, np.random.default_rng(0), observed, n=12, f=3, aggregate=mda)
+
+    attack = ATTACKS.build("optimal-ipm", copies="random", objective="distance")
+    sent = attack(honest[0], context()).astype(np.float64)
+    quorums = attack.quorums(honest, context())
+    by_copies = {c: [(w, part) for w, part, copies in quorums if copies == c] for c in range(4)}
+    assert {c: len(v) for c, v in by_copies.items()} == {0: 1, 1: 1, 2: 4, 3: 4}
+    for c, expected in [(0, 1 / 220), (1, 27 / 220), (2, 108 / 220), (3, 84 / 220)]:
+        assert sum(w for w, _ in by_copies[c]) == pytest.approx(expected)
+        assert all(part.shape == (9 - c, D) for _, part in by_copies[c])
+    assert len({tuple(map(tuple, part)) for _, part in by_copies[2]}) > 1  # not one subset repeated
+
+    def damage(vector):
+        total = 0.0
+        for weight, part, copies in quorums:
+            output = independent_mda(np.concatenate([part, np.repeat(vector[None], copies, axis=0)]), 3)
+            total += weight * np.linalg.norm(output - honest.mean(0))
+        return total
+
+    for eps in FAMILIES["optimal-ipm"][1]:
+        assert damage(sent) >= damage(-eps * honest.mean(0)) * (1 - 1e-4)
+    # The default weighs 1, 2, 3 copies equally and skips quorums without any.
+    weights = {}
+    for weight, _, copies in ATTACKS.build("optimal-ipm").quorums(honest, context()):
+        weights[copies] = weights.get(copies, 0.0) + weight
+    assert weights == pytest.approx({1: 1 / 3, 2: 1 / 3, 3: 1 / 3})
+    with pytest.raises(ConfigError, match="subsets=0"):
+        injector("optimal-ipm", {"subsets": 0})
+    with pytest.raises(ConfigError, match="copies='some' must be one of uniform, random, all"):
+        injector("optimal-ipm", {"copies": "some"})
+    with pytest.raises(ConfigError, match="objective='harm' must be one of distance, descent"):
+        injector("optimal-alie", {"objective": "harm"})
 
 
 def test_label_flipping_workload_trains_on_c_minus_1_minus_y():
@@ -259,3 +385,25 @@ def test_every_registered_attack_is_covered_here():
 
 def test_silent_sends_nothing():
     assert attacked(injector("silent")) == [None] * 5
+
+
+@pytest.mark.slow
+def test_optimal_ipm_trains_no_better_than_plain_ipm(tmp_path):
+    # A setting where plain IPM hurts: digits, n_w = 16 with f_w = 5 colluding workers, MDA,
+    # 60 steps (measured: no attack 0.775, ipm eps 0.1 0.615, eps 0.5 0.465, optimal-ipm 0.418).
+    def accuracy(attack, params):
+        config = make_config(
+            steps=60,
+            eval_every=60,
+            nodes={"n_w": 16, "f_w": 5},
+            data={"dataset": "digits", "batch_size": 32},  # the defaults (make_config sets 16)
+            model={"name": "mlp"},
+            optimizer={"lr": 0.1},
+            attack={"name": attack, "params": params},
+            output_dir=str(tmp_path / f"{attack}{len(params)}"),
+        )
+        return run_experiment(config).rows[-1]["test_acc"]
+
+    optimal = accuracy("optimal-ipm", {})
+    assert optimal <= accuracy("ipm", {})  # the plain attack's default, eps = 0.1
+    assert optimal <= accuracy("ipm", {"eps": 0.5})

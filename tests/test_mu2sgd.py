@@ -25,9 +25,9 @@ class Quadratic:
         return vector.clone() + shift, 0.0
 
 
-def drive(oracle, steps: int, lr: float, beta_min: float = 0.0, start=None):
-    """One worker and the server, noiselessly: returns per-step (x_t, d_t, w_t) histories."""
-    estimator, server = CorrectedMomentum(beta_min), Mu2SGD(lr=lr, beta_min=beta_min)
+def drive(oracle, steps: int, lr: float, beta_min: float = 0.0, start=None, step_rule: str = "paper"):
+    """One worker and the server: returns the query points x_1 .. x_steps, the worker's d_t's and x_{steps+1}."""
+    estimator, server = CorrectedMomentum(beta_min), Mu2SGD(lr=lr, beta_min=beta_min, step_rule=step_rule)
     x = torch.tensor([3.0, -2.0, 0.5], dtype=torch.float64) if start is None else start
     points, estimates = [], []
     for t in range(steps):
@@ -38,15 +38,46 @@ def drive(oracle, steps: int, lr: float, beta_min: float = 0.0, start=None):
     return points, estimates, x
 
 
-def test_noiseless_momentum_is_the_true_gradient_and_x_is_the_t_weighted_average_of_the_iterates():
-    lr, steps = 0.3, 12
-    points, estimates, final = drive(Quadratic(), steps, lr)
+def test_three_steps_of_the_papers_update_by_hand():
+    """Scalar f(x; xi_t) = x^2/2 + n_t x (gradient x + n_t), lr 0.1, x_1 = w_1 = 1, alpha_t = t,
+    beta_t = 1/t, noise n = (0.5, -0.2, 0.1). By hand:
+    t=1: d_1 = 1 + 0.5 = 1.5;                              w_2 = 1 - 0.1*1*1.5 = 0.85;
+         x_2 = (1*1 + 2*0.85) / 3 = 0.9
+    t=2: d_2 = (0.9 - 0.2) + (1/2)(1.5 - (1 - 0.2)) = 1.05;  w_3 = 0.85 - 0.1*2*1.05 = 0.64;
+         x_3 = (3*0.9 + 3*0.64) / 6 = 0.77
+    t=3: d_3 = (0.77 + 0.1) + (2/3)(1.05 - (0.9 + 0.1)) = 0.87 + 0.1/3;
+         w_4 = 0.64 - 0.1*3*d_3 = 0.369;  x_4 = (6*0.77 + 4*0.369) / 10 = 0.6096"""
+    noise = {0: np.array([0.5]), 1: np.array([-0.2]), 2: np.array([0.1])}
+    points, estimates, final = drive(Quadratic(noise), 3, lr=0.1, start=torch.tensor([1.0], dtype=torch.float64))
+    np.testing.assert_allclose([p.item() for p in points] + [final.item()], [1.0, 0.9, 0.77, 0.6096], rtol=1e-12)
+    np.testing.assert_allclose([d.item() for d in estimates], [1.5, 1.05, 0.87 + 0.1 / 3], rtol=1e-12)
+
+
+def test_unweighted_step_rule_drops_alpha_from_the_step_only():
+    noise = {0: np.array([0.5]), 1: np.array([-0.2])}
+    points, estimates, final = drive(
+        Quadratic(noise), 2, lr=0.1, start=torch.tensor([1.0], dtype=torch.float64), step_rule="unweighted"
+    )
+    # w_2 = 1 - 0.1*1.5 = 0.85, x_2 = 0.9 as above; d_2 = 1.05; w_3 = 0.85 - 0.1*1.05 = 0.745,
+    # x_3 = (3*0.9 + 3*0.745) / 6 = 0.8225.
+    np.testing.assert_allclose([p.item() for p in points] + [final.item()], [1.0, 0.9, 0.8225], rtol=1e-12)
+
+
+def test_unknown_step_rule_is_a_config_error():
+    with pytest.raises(ConfigError, match="step_rule='nesterov' must be one of paper, unweighted"):
+        make_config(optimizer={"name": "mu2sgd", "lr": 0.01, "params": {"step_rule": "nesterov"}})
+
+
+@pytest.mark.parametrize("step_rule", ["paper", "unweighted"])
+def test_noiseless_momentum_is_the_true_gradient_and_x_is_the_t_weighted_average_of_the_iterates(step_rule):
+    lr, steps = 0.01 if step_rule == "paper" else 0.3, 12
+    points, estimates, final = drive(Quadratic(), steps, lr, step_rule=step_rule)
     for x_t, d_t in zip(points, estimates):
         torch.testing.assert_close(d_t, x_t, rtol=0, atol=1e-12)  # grad f(x) = x
-    # Independently: w_1 = x_1, w_{t+1} = w_t - lr * grad f(x_t); x_t = sum_s s w_s / sum_s s.
+    # Independently: w_1 = x_1, w_{t+1} = w_t - lr * alpha_t * grad f(x_t); x_t = sum_s s w_s / sum_s s.
     iterates = [points[0]]
-    for x_t in points:
-        iterates.append(iterates[-1] - lr * x_t)
+    for t, x_t in enumerate(points, start=1):
+        iterates.append(iterates[-1] - lr * (t if step_rule == "paper" else 1) * x_t)
     for t, x_t in enumerate(points + [final], start=1):
         weights = torch.arange(1, t + 1, dtype=torch.float64)
         average = (weights[:, None] * torch.stack(iterates[:t])).sum(0) / weights.sum()
@@ -102,7 +133,7 @@ def test_mu2sgd_with_ctma_trains_under_signflip(protocol, tmp_path):
     config = make_config(
         protocol=protocol,
         nodes=nodes,
-        optimizer={"name": "mu2sgd", "lr": 0.1},
+        optimizer={"name": "mu2sgd", "lr": 0.01},  # the paper's step carries alpha_t = t: a small lr
         aggregator={"name": "ctma", "params": {"base": "median"}},
         attack={"name": "signflip", "params": {"scale": 4.0}},
         output_dir=str(tmp_path),

@@ -32,6 +32,7 @@ class AttackContext:
     n: int = 0  # nodes of the sender's role
     f: int = 0  # Byzantine nodes of that role (how many send the attack)
     aggregate: AggregateFn | None = None  # the rule the receivers apply (for line searches)
+    quorum: int = 0  # how many vectors a correct receiver aggregates (0: unknown, take n - f)
 
     def honest_sample(self, honest: np.ndarray) -> np.ndarray:
         """The correct vectors the adversary knows, (k, d) float64; its own honest one if none."""

@@ -35,14 +35,26 @@ __all__ = [
 ]
 
 
+# Bytes written by to_payload and stack_payloads in this process, by function: the payload copies
+# a step makes outside the model's own arithmetic (benchmarks/overhead.py prints them per step).
+copied_bytes: Counter[str] = Counter()
+
+
 def to_payload(vector: torch.Tensor) -> np.ndarray:
     """A tensor as the float32 numpy vector that travels between nodes (a fresh copy)."""
-    return vector.detach().to("cpu", torch.float32).numpy().copy()
+    payload = vector.detach().to("cpu", torch.float32).numpy().copy()
+    copied_bytes["to_payload"] += payload.nbytes
+    return payload
 
 
-def stack_payloads(payloads: list[np.ndarray], device: torch.device) -> torch.Tensor:
-    """Received payloads as one (n, d) tensor on ``device`` (one copy, whatever their source)."""
-    return torch.from_numpy(np.stack(payloads)).to(device)
+def stack_payloads(payloads: list[np.ndarray | torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Received payloads as one (n, d) tensor on ``device`` (one copy, whatever their source).
+
+    A CPU float32 tensor among them (a node's own vector) is read in place, not copied first."""
+    rows = [p.detach().to("cpu", torch.float32).numpy() if isinstance(p, torch.Tensor) else p for p in payloads]
+    stacked = np.stack(rows)
+    copied_bytes["stack_payloads"] += stacked.nbytes
+    return torch.from_numpy(stacked).to(device)
 
 
 class Node:
@@ -111,6 +123,11 @@ class Protocol:
 
     def make_node(self, config: ExperimentConfig, node_id: str, workload: Workload) -> Node:
         raise NotImplementedError
+
+    def gradient_quorum(self, config: ExperimentConfig) -> int:
+        """How many gradients a correct server aggregates per step: the first n_w - f_w by
+        default. An optimal attack searches its scale against a quorum of this size."""
+        return config.nodes.n_w - config.nodes.f_w
 
     def worst_case_workers(self, config: ExperimentConfig, count: int) -> list[int] | None:
         """Worker indices an omniscient adversary would corrupt (used when ``attack.ids`` is

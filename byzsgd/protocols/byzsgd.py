@@ -31,8 +31,10 @@ Rule = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass
 class ByzSGDOptions:
-    period: int | None = None  # T, steps between Gather phases; default floor(1/(3*L*lr))
-    lipschitz: float = 1.0  # L, the Lipschitz estimate the default T is derived from
+    period: int | None = None  # T, steps between Gather phases; default floor(1/(3*L*lr)) as in the authors' prototype
+    # L, the loss's Lipschitz-smoothness constant in that bound: a user setting, never estimated
+    # from the run (the prototype takes L as given); 1.0 is a guess, not a measurement.
+    lipschitz: float = 1.0
     max_period: int = 50  # cap on the derived T
     model_rule: str = "median"  # how workers and DMC combine models ("mean" = non-robust baseline)
     window: int = 64  # rounds ahead a node buffers before rejecting messages as "future"

@@ -101,6 +101,9 @@ class ParameterServer(Protocol):
     name = "ps"
     options = PSOptions
 
+    def gradient_quorum(self, config: ExperimentConfig) -> int:
+        return config.nodes.n_w if config.options.wait == "all" else super().gradient_quorum(config)
+
     def validate(self, config: ExperimentConfig) -> None:
         check_single_server(config)
         options = config.options
@@ -110,8 +113,7 @@ class ParameterServer(Protocol):
             raise ConfigError(f"ps.timeout={options.timeout}: must be > 0 (network time units)")
         nodes = config.nodes
         rule = config.aggregator
-        inputs = nodes.n_w if options.wait == "all" else nodes.n_w - nodes.f_w
-        check_rule("aggregator.name", rule.name, nodes.f_w, inputs, rule.params)
+        check_rule("aggregator.name", rule.name, nodes.f_w, self.gradient_quorum(config), rule.params)
         check_optimizer(config)
 
     def make_node(self, config: ExperimentConfig, node_id: str, workload: Workload) -> Node:

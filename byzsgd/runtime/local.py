@@ -26,7 +26,7 @@ __all__ = ["Network", "StalledError", "run_local"]
 
 
 class Network:
-    """The clock: delivers what the bus sends after a seeded random delay plus its hold."""
+    """The clock: delivers what the bus sends after its seeded random delay plus its hold."""
 
     def __init__(
         self, nodes: dict[str, Node], injector: FaultInjector, experiment: Experiment, monitor: Monitor
@@ -35,9 +35,13 @@ class Network:
         self.nodes = nodes
         self.injector = injector
         self.monitor = monitor
-        self.bus = Bus(injector, config.network, experiment.node_ids, np.random.default_rng([config.seed, 2]))
-        self.rng = np.random.default_rng([config.seed, 1])
-        self.delay, self.jitter = config.network.delay, config.network.jitter
+        self.bus = Bus(
+            injector,
+            config.network,
+            experiment.node_ids,
+            delay_rng=np.random.default_rng([config.seed, 1]),
+            reorder_rng=np.random.default_rng([config.seed, 2]),
+        )
         self.observe_timeout = config.network.observe_timeout
         # Heap of (time, sequence, message), or of (time, sequence, parked id): a wait running out.
         self.queue: list[tuple[float, int, Message | int]] = []
@@ -68,10 +72,9 @@ class Network:
             heapq.heappush(self.queue, (self.now + self.observe_timeout, self.sequence, self.sequence))
 
     def transmit(self, sender: str, messages: list[Message]) -> None:
-        for message, hold in self.bus.send(sender, messages):
-            spread = self.rng.uniform(1 - self.jitter, 1 + self.jitter)
+        for message, delay, hold in self.bus.send(sender, messages):
             self.sequence += 1
-            heapq.heappush(self.queue, (self.now + self.delay * spread + hold, self.sequence, message))
+            heapq.heappush(self.queue, (self.now + delay + hold, self.sequence, message))
 
     def forward_reports(self, node: Node) -> None:
         for step, vector in node.drain_reports():

@@ -3,7 +3,9 @@
 By default each node is its own actor (``ray.actors: null``); with ``ray.actors: k`` the nodes
 are dealt over k actors, each built from the driver's plan (:class:`byzsgd.experiment.Experiment`).
 An actor is a mailbox and a batcher: it queues incoming messages, hands them one at a time to the
-node they are for, passes what that node sends through the bus (:mod:`byzsgd.bus`), and delivers it:
+node they are for in the order of their simulated network delays (:class:`byzsgd.bus.Mailbox`: so
+co-hosted nodes see messages in different orders, as over a network), passes what that node sends
+through the bus (:mod:`byzsgd.bus`), and delivers it:
 in its own queue when the receiver lives here, otherwise batched, one ``deliver`` call per
 receiving actor once its queue has run dry (a Ray call costs ~2 ms of CPU, shipping a payload
 much less). A payload goes once per call, a small one inline, a large one as one ``ray.put``
@@ -21,7 +23,7 @@ import os
 import signal
 import threading
 import zlib
-from collections import Counter, defaultdict, deque
+from collections import Counter, defaultdict
 from typing import Any
 
 import numpy as np
@@ -31,7 +33,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from byzsgd.bus import Bus, Planned, StalledError, counters_row
+from byzsgd.bus import Bus, Mailbox, Planned, StalledError, counters_row
 from byzsgd.config import ExperimentConfig
 from byzsgd.experiment import Experiment, host_groups
 from byzsgd.faults import FaultInjector, needs_adversary
@@ -43,8 +45,9 @@ from byzsgd.training import Workload
 
 __all__ = ["InjectorActor", "NodeActor", "Placement", "host_groups", "run_ray", "shipped", "start_ray"]
 
-# What a batched call carries per message: sender, receiver, kind, round, index of its payload.
-Header = tuple[str, str, str, int, int]
+# What a batched call carries per message: sender, receiver, kind, round, index of its payload,
+# and its lead (when it is due, relative to the sender's clock: see Mailbox).
+Header = tuple[str, str, str, int, int, float]
 
 
 def _setup_process(config: ExperimentConfig) -> None:
@@ -98,10 +101,16 @@ class NodeActor:
         self.colluding = {n for n in omniscient if injector.is_byzantine(n)} if adversary else set()
         self.tapped = {n for n in node_ids if injector.observes(n)} if adversary else set()
         self.time_unit_s = config.network.time_unit_s
-        reorder_rng = np.random.default_rng([config.seed, 2, zlib.crc32(",".join(node_ids).encode())])
-        self.bus = Bus(injector, config.network, experiment.node_ids, reorder_rng)
-        self.queue: deque[Message] = deque()
-        self.outbox: defaultdict[int, list[Message]] = defaultdict(list)
+        stream = zlib.crc32(",".join(node_ids).encode())  # each actor its own seeded draws
+        self.bus = Bus(
+            injector,
+            config.network,
+            experiment.node_ids,
+            delay_rng=np.random.default_rng([config.seed, 1, stream]),
+            reorder_rng=np.random.default_rng([config.seed, 2, stream]),
+        )
+        self.queue = Mailbox()
+        self.outbox: defaultdict[int, list[tuple[Message, float]]] = defaultdict(list)  # with their due times
         self.hosts: list[Any] = []
         self.home: dict[str, int] = {}
         self.index = -1
@@ -120,8 +129,8 @@ class NodeActor:
         self._pump()
 
     async def deliver(self, headers: list[Header], *payloads: np.ndarray) -> None:
-        for sender, receiver, kind, round_, index in headers:
-            self.queue.append(Message(sender, receiver, kind, round_, payloads[index]))
+        for sender, receiver, kind, round_, index, lead in headers:
+            self.queue.put(Message(sender, receiver, kind, round_, payloads[index]), lead)
         self._pump()
 
     async def report(self, node_id: str, step: int) -> np.ndarray:
@@ -138,7 +147,7 @@ class NodeActor:
     def _pump(self) -> None:
         """Run every queued message through its node, then send what is bound for other actors."""
         while self.queue:
-            message = self.queue.popleft()
+            message = self.queue.pop()
             node = self.nodes.get(message.receiver)
             if node is None:
                 continue
@@ -157,7 +166,7 @@ class NodeActor:
     def _route(self, sender: str, outgoing: list[Message]) -> None:
         timers, outgoing = self.bus.timers(sender, outgoing)
         for message, delay in timers:
-            asyncio.get_running_loop().call_later(delay * self.time_unit_s, self._send_late, self.index, message)
+            asyncio.get_running_loop().call_later(delay * self.time_unit_s, self._send_late, self.index, message, 0.0)
         if not outgoing:
             return
         if sender in self.tapped:
@@ -170,22 +179,27 @@ class NodeActor:
         self._dispatch(self.bus.send(sender, outgoing))
 
     async def _corrupt_remotely(self, sender: str, outgoing: list[Message]) -> None:
-        planned = await self.adversary.corrupt.remote(outgoing)
-        self._dispatch(self.bus.post(sender, self.bus.attacked(planned)))
+        held = await self.adversary.corrupt.remote(outgoing)
+        self._dispatch(self.bus.post(sender, self.bus.attacked(held)))
         self._pump()
 
     def _dispatch(self, planned: Planned) -> None:
-        for message, hold in planned:
+        for message, delay, hold in planned:
             host = self.home[message.receiver]
-            if hold > 0:  # a slow node or a held-back (reordered) message
-                asyncio.get_running_loop().call_later(hold * self.time_unit_s, self._send_late, host, message)
-            elif host == self.index:
-                self.queue.append(message)
+            if hold > 0:  # a slow node or a held-back (reordered) message: held in real time
+                asyncio.get_running_loop().call_later(hold * self.time_unit_s, self._send_late, host, message, delay)
             else:
-                self.outbox[host].append(message)
+                self._post(host, message, delay)
 
-    def _send_late(self, host: int, message: Message) -> None:
-        (self.queue if host == self.index else self.outbox[host]).append(message)
+    def _post(self, host: int, message: Message, delay: float) -> None:
+        """Queue ``message`` here, or for the next call to its actor, due after its network delay."""
+        if host == self.index:
+            self.queue.put(message, delay)
+        else:
+            self.outbox[host].append((message, self.queue.due(delay)))
+
+    def _send_late(self, host: int, message: Message, delay: float) -> None:
+        self._post(host, message, delay)
         self._pump()
 
     def _flush(self) -> None:
@@ -194,14 +208,15 @@ class NodeActor:
             payloads: list[Any] = []
             slot: dict[int, int] = {}
             headers: list[Header] = []
-            for message in messages:
+            for message, due in messages:
                 key = id(message.payload)
                 if key not in slot:
                     if key not in shipments:
                         shipments[key] = shipped(message.payload)
                     slot[key] = len(payloads)
                     payloads.append(shipments[key])
-                headers.append((message.sender, message.receiver, message.kind, message.round, slot[key]))
+                lead = self.queue.lead(due)
+                headers.append((message.sender, message.receiver, message.kind, message.round, slot[key], lead))
             self.hosts[host].deliver.remote(headers, *payloads)
             self.ray_calls += 1
         self.outbox.clear()

@@ -1,0 +1,115 @@
+"""Rules under extreme but finite Byzantine inputs, and the Gram distances they rely on.
+
+Every robust rule's output must stay put when its f Byzantine rows (identical copies) move from
+1e6 to 1e12 and 1e30 in every coordinate (float32's largest finite value is ~3.4e38), and the
+distances the selection rules compare must match a direct float64 computation even where the
+Gram identity cancels (rows far from the origin, duplicates, rows whose squares overflow
+float32)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from byzsgd.aggregators import make_aggregator, pairwise_sq_distances
+from byzsgd.aggregators.distances import gram
+from tests.test_aggregators import ROBUST, RULES, smallest_n
+
+SCALES = (1e6, 1e12, 1e30)
+
+
+def attacked(name: str, f: int, scale: float, sign: float = 1.0, d: int = 40) -> np.ndarray:
+    """n honest float32 rows around 3.0 (the rule's smallest n plus two), then f identical rows
+    holding `sign * scale` in every coordinate."""
+    n = smallest_n(name, f) + 2
+    rng = np.random.default_rng(7)
+    honest = 3.0 + rng.standard_normal((n - f, d))
+    byzantine = np.full((f, d), sign * scale)
+    return np.concatenate([honest, byzantine]).astype(np.float32)
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+@pytest.mark.parametrize("name", ROBUST)
+def test_output_stays_put_as_byzantine_rows_move_out(name, sign):
+    f = 2
+    # A fresh rule per input: bucketing's shuffle advances at every call.
+    outputs = [make_aggregator(name, f=f, **RULES[name])(attacked(name, f, s, sign)) for s in SCALES]
+    honest = attacked(name, f, SCALES[0], sign)[:-f]
+    for scale, out in zip(SCALES, outputs, strict=True):
+        assert np.isfinite(out).all(), f"{name} at {scale:g}"
+        # Within the honest rows' range per coordinate, give or take their spread...
+        assert (out >= honest.min(0) - 3).all() and (out <= honest.max(0) + 3).all(), f"{name} at {scale:g}"
+        # ... and where it was with the attacker at 1e6 (a pull of O(1/1e6) at most).
+        np.testing.assert_allclose(out, outputs[0], atol=1e-4, err_msg=f"{name} at {scale:g}")
+
+
+def test_geometric_median_ignores_a_huge_signflip():
+    # The run that used to diverge: signflip with scale 1e22 against the geometric median.
+    rng = np.random.default_rng(0)
+    honest = (0.5 + 0.1 * rng.standard_normal((5, 1000))).astype(np.float32)
+    results = []
+    for scale in (1e2, 1e22):
+        flipped = np.repeat(-scale * honest.mean(0, keepdims=True), 2, axis=0)
+        results.append(make_aggregator("geometric_median", f=2)(np.concatenate([honest, flipped])))
+    assert np.isfinite(results[1]).all()
+    # Both pulls point the same way with the same unit force: the same result within rounding.
+    np.testing.assert_allclose(results[1], results[0], atol=1e-3)
+    assert np.abs(results[1] - np.median(honest, 0)).max() < 0.2
+
+
+def direct(x: np.ndarray) -> np.ndarray:
+    a = x.astype(np.float64)
+    return ((a[:, None, :] - a[None, :, :]) ** 2).sum(-1)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["far-from-origin", "duplicates", "overflowing-rows", "plain"],
+)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gram_distances_match_direct_differences(case, dtype):
+    rng = np.random.default_rng(1)
+    d = 3 * (1 << 14) + 5  # several column blocks and a ragged last one
+    x = rng.standard_normal((6, d))
+    if case == "far-from-origin":
+        x = 1e3 * rng.standard_normal(d) + 1e-2 * x  # models: a large common part, tiny spread
+    elif case == "duplicates":
+        x[4] = x[1]
+        x[5] = x[1]
+    elif case == "overflowing-rows":
+        x[4] = x[5] = 1e30  # squares overflow float32: must still be exact
+        x[3] = -1e30
+    x = x.astype(dtype)
+    d2 = pairwise_sq_distances(torch.from_numpy(x))
+    expected = direct(x)
+    np.testing.assert_allclose(d2, expected, rtol=1e-5, atol=0)
+    assert (d2 == d2.T).all() and (np.diag(d2) == 0).all()
+    if case != "plain":
+        # Exact zeros for identical rows, whatever their magnitude.
+        same = expected == 0
+        assert (d2[same] == 0).all()
+
+
+def test_gram_blocks_keep_float32_rounding_small():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((5, 200_000)).astype(np.float32)
+    exact = x.astype(np.float64) @ x.astype(np.float64).T
+    assert np.abs(gram(torch.from_numpy(x)) - exact).max() <= 1e-6 * np.diag(exact).max()
+
+
+def test_distance_rules_choose_as_with_exact_distances_when_rows_are_far_out():
+    # MDA and Krum on models far from the origin: the same choice as from direct distances.
+    from tests.test_aggregators_mda import brute_force
+
+    rng = np.random.default_rng(3)
+    base = 1e4 * rng.standard_normal(5000)
+    x = (base + 1e-2 * rng.standard_normal((7, 5000))).astype(np.float32)
+    chosen = make_aggregator("mda", f=2).selection(torch.from_numpy(x), 2)
+    np.testing.assert_array_equal(chosen, brute_force(direct(x), 5))
+
+
+def test_torch_thread_count_is_restored():
+    threads = torch.get_num_threads()
+    pairwise_sq_distances(torch.ones(3, 10))
+    assert torch.get_num_threads() == threads
