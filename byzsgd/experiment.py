@@ -12,13 +12,22 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from byzsgd.config import AttackConfig, ExperimentConfig, byzantine_count, parse_config, read_config_dict
+from byzsgd.attacks import ATTACKS
+from byzsgd.config import (
+    AttackConfig,
+    ExperimentConfig,
+    RayConfig,
+    RuleConfig,
+    byzantine_count,
+    parse_config,
+    read_config_dict,
+)
 from byzsgd.plugins import load_plugins
 from byzsgd.protocols import PROTOCOLS, Protocol
 from byzsgd.registry import ConfigError
@@ -70,6 +79,26 @@ def needs_injector_actor(config: ExperimentConfig) -> bool:
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
     """Load a YAML file (or the embedded default), apply ``key=value`` overrides, check."""
     return config_from_dict(read_config_dict(path, overrides))
+
+
+def ignored_settings(config: ExperimentConfig) -> list[str]:
+    """Settings changed from their defaults that the chosen runtime or protocol does not use, one
+    line each. Warnings, not errors: ``--runtime local`` or a sweep's variants switch runtime and
+    protocol under one file's settings, and those runs must still start."""
+    notes = []
+    if config.runtime == "local":
+        default = RayConfig()
+        changed = [f"ray.{f.name}" for f in fields(default) if getattr(config.ray, f.name) != getattr(default, f.name)]
+        if changed:
+            notes.append(f"{', '.join(changed)}: not used with runtime: local (they configure the Ray runtime)")
+    if not PROTOCOLS[config.protocol].uses_aggregator and config.aggregator != RuleConfig():
+        worker_attack = ATTACKS.build(config.attack.name, **config.attack.params)
+        if not (worker_attack.omniscient and byzantine_count(config.attack, config.nodes.f_w)):
+            notes.append(
+                f"aggregator.name={config.aggregator.name!r}: not used by protocol {config.protocol!r} "
+                "(its server decodes the exact gradient sum)"
+            )
+    return notes
 
 
 def choose_byzantine(attack: AttackConfig, node_ids: list[str], f: int, seed: int, epoch: int = 0) -> list[str]:

@@ -18,11 +18,16 @@ from byzsgd.registry import ConfigError
 EVAL_CHUNK = 4096  # test samples per forward pass when evaluating (bounds memory on large models)
 
 
+def check_device(name: str) -> None:
+    """The driver's check before it writes anything: it evaluates on this device itself."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda: torch sees no CUDA device on this machine (use device: auto or cpu)")
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: cuda was requested but torch sees no CUDA device")
+    check_device(name)
     return torch.device(name)
 
 

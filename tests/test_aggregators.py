@@ -82,7 +82,7 @@ def ref_krum_scores(x, neighbours):
 def ref_multikrum(x, f, m=None, neighbours=None):
     n = len(x)
     scores = ref_krum_scores(x, n - f - 2 if neighbours is None else neighbours)
-    order = sorted(range(n), key=lambda i: (scores[i], i))
+    order = sorted(range(n), key=lambda i: (scores[i], tuple(x[i])))  # ties: by content, not position
     return x[order[: n - f if m is None else m]].mean(0)
 
 
@@ -92,7 +92,8 @@ def ref_bulyan(x, f):
     while len(picked) < n - 2 * f:
         sub = x[remaining]
         scores = ref_krum_scores(sub, max(len(sub) - f - 2, 1))
-        picked.append(remaining.pop(int(np.argmin(scores))))
+        best = min(range(len(sub)), key=lambda i: (scores[i], tuple(sub[i])))  # ties: by content
+        picked.append(remaining.pop(best))
     return ref_meamed(x[sorted(picked)], 2 * f)  # keep beta = theta - 2f values
 
 

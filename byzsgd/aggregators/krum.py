@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -17,6 +19,31 @@ def krum_scores(d2: np.ndarray, neighbours: int) -> np.ndarray:
     return np.sort(d2, axis=1)[:, 1 : neighbours + 1].sum(axis=1)
 
 
+def ranked(scores: np.ndarray, rows: list[torch.Tensor]) -> np.ndarray:
+    """Indices by increasing score; equal scores ordered by the rows' contents (first differing
+    coordinate), not by position. A mutually nearest pair always scores alike, so breaking that
+    tie by index would let the order of arrival pick the output."""
+    order = [int(i) for i in np.argsort(scores, kind="stable")]
+    start = 0
+    while start < len(order):
+        end = start + 1
+        while end < len(order) and scores[order[end]] == scores[order[start]]:
+            end += 1
+        if end - start > 1:
+            by_content = functools.cmp_to_key(lambda a, b: _compare(rows[a], rows[b]))
+            order[start:end] = sorted(order[start:end], key=by_content)
+        start = end
+    return np.array(order, dtype=np.int64)
+
+
+def _compare(a: torch.Tensor, b: torch.Tensor) -> int:
+    differ = torch.nonzero(a != b)
+    if len(differ) == 0:
+        return 0
+    k = int(differ[0, 0])
+    return -1 if a[k] < b[k] else 1
+
+
 def _positive_int(rule: str, name: str, value: int | None) -> int | None:
     if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
         raise ConfigError(f"aggregator {rule!r}: {name} must be an integer >= 1, got {value!r}")
@@ -29,7 +56,8 @@ class MultiKrum(Aggregator):
 
     A point's score is the sum of its squared distances to its `neighbours` nearest other
     points; Blanchard et al. use n-f-2 neighbours (the default), which needs n >= 2f+3. `m`
-    defaults to n-f. Equal scores go to the lower index."""
+    defaults to n-f. Equal scores are ordered by the inputs' contents (see :func:`ranked`), so the
+    output does not depend on the order of the inputs."""
 
     bound = (2, 3)
 
@@ -56,7 +84,7 @@ class MultiKrum(Aggregator):
         """Indices of the averaged inputs, best score first."""
         m, k = self._counts(x.shape[0], f)
         scores = krum_scores(pairwise_sq_distances(x), k)
-        return np.argsort(scores, kind="stable")[:m]
+        return ranked(scores, list(x))[:m]
 
     def _aggregate(self, x: torch.Tensor, f: int) -> torch.Tensor:
         return mean_of(x, self.selection(x, f))
@@ -77,7 +105,8 @@ class Bulyan(Aggregator):
 
     Each round scores the inputs not yet picked, among themselves, with Krum's neighbour count
     for that round's size r: r-f-2, but at least 1 (the last rounds would otherwise score
-    everything zero and fall back to index order). One distance matrix serves every round."""
+    everything zero). Equal scores are ordered by the inputs' contents, not their positions (a
+    mutually nearest pair scores alike). One distance matrix serves every round."""
 
     bound = (4, 3)
 
@@ -89,7 +118,7 @@ class Bulyan(Aggregator):
         for _ in range(n - 2 * f):
             sub = d2[np.ix_(remaining, remaining)]
             scores = krum_scores(sub, max(len(remaining) - f - 2, 1))
-            picked.append(remaining.pop(int(np.argmin(scores))))
+            picked.append(remaining.pop(int(ranked(scores, [x[i] for i in remaining])[0])))
         return np.array(sorted(picked), dtype=np.int64)
 
     def _aggregate(self, x: torch.Tensor, f: int) -> torch.Tensor:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from byzsgd.aggregators import AGGREGATORS, make_aggregator
@@ -121,18 +122,17 @@ class ByzSGDServer(ServerNode):
         if models is None:
             return None
         self.inbox.advance("gather", self.step + 1)
-        peers = stack_payloads(models, self.vector.device)
-        self.vector = distributed_median_contraction(self.vector, peers, self.model_rule)
+        self.vector = distributed_median_contraction(self.vector, models, self.model_rule)
         self.gathering = False
         self.report()
         return broadcast(self.node_id, self.workers, "model", self.step, to_payload(self.vector))
 
 
-def distributed_median_contraction(own: torch.Tensor, peers: torch.Tensor, model_rule: Rule) -> torch.Tensor:
+def distributed_median_contraction(own: torch.Tensor, peers: list[np.ndarray], model_rule: Rule) -> torch.Tensor:
     """DMC: a server's new model is the coordinate-wise median (``model_rule``) of its own model
-    and the (n, d) models of its first q_ps - 1 peers. Correct servers' models contract towards
+    and the models of its first q_ps - 1 peers. Correct servers' models contract towards
     each other however the Byzantine servers pick theirs."""
-    return model_rule(torch.cat([own[None], peers]))
+    return model_rule(stack_payloads([own, *peers], own.device))
 
 
 class ByzSGDWorker(Node):

@@ -182,7 +182,8 @@ def _execute_in_pool(config: ExperimentConfig, run_dir: str, info: dict[str, Any
 class Progress:
     """A tqdm bar for the sweep and one per run in flight (stderr) on a terminal; off a terminal
     (job logs, CI) plain lines on stdout: each run's start, evaluated steps and end. Quiet: only
-    failures."""
+    failures. The bars are drawn from a run's first evaluated step (or the first finished run),
+    after Ray has started and printed its own warnings, as ``byzsgd run`` does."""
 
     def __init__(self, total: int, quiet: bool) -> None:
         from tqdm import tqdm
@@ -191,32 +192,31 @@ class Progress:
         self.quiet = quiet
         self.plain = not quiet and not sys.stdout.isatty()
         self.total, self.done = total, 0
-        self.sweep = tqdm(
-            total=total, desc="sweep", unit="run", disable=quiet or self.plain, file=sys.stderr, position=0
-        )
+        self.sweep: Any = None
         self.bars: dict[str, Any] = {}
         self.positions: dict[str, int] = {}
         self.steps: dict[str, int] = {}
 
+    def _sweep_bar(self) -> Any:
+        if self.sweep is None:
+            self.sweep = self._tqdm(
+                total=self.total,
+                desc="sweep",
+                unit="run",
+                disable=self.quiet or self.plain,
+                file=sys.stderr,
+                position=0,
+            )
+        return self.sweep
+
     def start(self, run: PlannedRun) -> None:
+        if run.run_id in self.steps:
+            return
+        self.steps[run.run_id] = run.config.steps
         if self.plain:
-            if run.run_id not in self.steps:
-                self.steps[run.run_id] = run.config.steps
-                print(f"[{run.run_id}] started", flush=True)
+            print(f"[{run.run_id}] started", flush=True)
             return
-        if run.run_id in self.bars:
-            return
-        position = min(set(range(1, len(self.positions) + 2)) - set(self.positions.values()))
-        self.positions[run.run_id] = position
-        self.bars[run.run_id] = self._tqdm(
-            total=run.config.steps,
-            desc=run.run_id[:40],
-            unit="step",
-            leave=False,
-            disable=self.quiet,
-            file=sys.stderr,
-            position=position,
-        )
+        self.positions[run.run_id] = min(set(range(1, len(self.positions) + 2)) - set(self.positions.values()))
 
     def row(self, run_id: str, step: int, accuracy: float | None) -> None:
         if self.plain:
@@ -224,6 +224,17 @@ class Progress:
             print(f"[{run_id}] step {step}/{self.steps.get(run_id, '?')}  acc={acc}", flush=True)
             return
         bar = self.bars.get(run_id)
+        if bar is None and run_id in self.positions:
+            self._sweep_bar()
+            bar = self.bars[run_id] = self._tqdm(
+                total=self.steps[run_id],
+                desc=run_id[:40],
+                unit="step",
+                leave=False,
+                disable=self.quiet,
+                file=sys.stderr,
+                position=self.positions[run_id],
+            )
         if bar is not None:
             if accuracy is not None:
                 bar.set_postfix(acc=f"{accuracy:.3f}", refresh=False)
@@ -234,17 +245,24 @@ class Progress:
         self.positions.pop(run.run_id, None)
         if bar is not None:
             bar.close()
-        self.sweep.update(1)
+        self._sweep_bar().update(1)
         self.done += 1
         if self.plain:
             print(f"[{run.run_id}] {status} ({self.done}/{self.total} runs done)", flush=True)
         if status != "finished":
             self._tqdm.write(f"run {run.run_id} failed: {error.splitlines()[-1] if error else status}", file=sys.stderr)
 
+    def clear(self) -> None:
+        """Take the bars off the screen (the next update redraws them): Ray is about to print."""
+        for bar in [self.sweep, *self.bars.values()]:
+            if bar is not None:
+                bar.clear()
+
     def close(self) -> None:
         for bar in self.bars.values():
             bar.close()
-        self.sweep.close()
+        if self.sweep is not None:
+            self.sweep.close()
 
 
 def run_sweep(plan: SweepPlan, parallel: int = 1, quiet: bool = False) -> SweepOutcome:
@@ -290,6 +308,7 @@ def run_locked(plan: SweepPlan, parallel: int, quiet: bool) -> SweepOutcome:
             else:
                 run_in_processes(plan, local_runs, parallel, progress, record)
         if ray_runs:
+            progress.clear()  # a mixed sweep's local runs drew the bars already
             with ray_connection(ray_runs[0].config):
                 if parallel == 1:
                     run_serially(plan, ray_runs, progress, record)
