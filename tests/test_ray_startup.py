@@ -51,6 +51,7 @@ def run_cli(tmp_path, *args, env=None):
     )
 
 
+@pytest.mark.slow  # a subprocess each (seconds; the probe itself is tested above)
 @pytest.mark.parametrize("through", ["--address", "RAY_ADDRESS"])
 def test_byzsgd_run_against_an_address_where_nothing_listens_ends_in_one_line(tmp_path, through):
     address = f"127.0.0.1:{closed_port()}"
@@ -101,6 +102,7 @@ def test_the_fault_injectors_actor_counts_too():
         load_config(None, [*overrides, "attack={name: alie}", "ray.num_cpus_per_actor=0.14"])  # + the adversary
 
 
+@pytest.mark.slow  # a subprocess each (seconds; the probe itself is tested above)
 def test_a_ray_sweep_against_an_address_where_nothing_listens_ends_in_one_line(tmp_path):
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text("runtime: ray\nsteps: 1\nsweep:\n  grid:\n    seed: [0, 1]\n")
@@ -121,6 +123,7 @@ def test_a_ray_sweep_against_an_address_where_nothing_listens_ends_in_one_line(t
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # a subprocess each (seconds; the probe itself is tested above)
 def test_an_address_that_answers_but_is_no_ray_head_ends_within_the_start_timeout(tmp_path):
     with socket.socket() as server:  # listens (the kernel accepts connections) and never answers
         server.bind(("127.0.0.1", 0))
