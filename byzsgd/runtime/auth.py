@@ -10,7 +10,8 @@ whose sender is not a node hosted by the calling actor, or whose receiver is not
 (a forged identity): a hostile actor can speak only for its own nodes. The control calls
 (connect, start, report, stats) must carry the driver's secret of that actor. Every refusal
 is counted (``rejected_forged``, ``rejected_unauthenticated``, ``rejected_control``,
-``rejected_malformed`` in the metrics); none raises inside a correct actor.
+``rejected_malformed`` in the metrics); a refused ``deliver`` returns quietly, a refused control
+call answers its caller with PermissionError, and neither changes the actor's state.
 
 Secrets are compared with :func:`hmac.compare_digest`. Nothing is signed per byte: the secrets
 authenticate the calling actor, not the payloads (Ray's own token authentication and TLS keep
