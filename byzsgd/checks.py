@@ -41,6 +41,8 @@ FIELD_RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("ray.num_cpus", lambda v: v >= 1, "must be at least 1 (or null: all cores)"),
     ("ray.object_store_memory", lambda v: v >= MIN_OBJECT_STORE, f"must be at least {MIN_OBJECT_STORE} (75 MiB)"),
     ("ray.snapshot_timeout_s", lambda v: v > 0, "must be positive"),
+    ("ray.start_timeout_s", lambda v: v > 0, "must be positive"),
+    ("ray.connect_timeout_s", lambda v: v > 0, "must be positive"),
 ]
 
 # HOST:PORT (a head node's GCS) or ray://HOST:PORT (Ray Client, usually port 10001), or auto/local.

@@ -49,6 +49,12 @@ BAD_SETTINGS = [
     (["ray.num_cpus=0"], "ray.num_cpus=0: must be at least 1"),
     (["ray.num_cpus_per_actor=0"], "ray.num_cpus_per_actor=0.0: must be positive"),
     (["ray.snapshot_timeout_s=0"], "ray.snapshot_timeout_s=0.0: must be positive"),
+    (["ray.start_timeout_s=0"], "ray.start_timeout_s=0.0: must be positive"),
+    (["ray.connect_timeout_s=-1"], "ray.connect_timeout_s=-1.0: must be positive"),
+    (
+        ["--runtime", "ray", "ray.num_cpus=2", "ray.num_cpus_per_actor=0.5"],
+        "ray.num_cpus_per_actor=0.5 x 12 actors needs 6 CPUs, but the local Ray gets ray.num_cpus=2",
+    ),
     # sizes: an extra digit fails here, not as an out-of-memory later
     (["nodes.n_w=99999999999"], "nodes.n_w=99999999999: must be at most 10000"),
     (["nodes.n_ps=99999999999"], "nodes.n_ps=99999999999: must be at most 10000"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -78,8 +79,8 @@ def run_command(config: ExperimentConfig, args: argparse.Namespace) -> int:
         what = one_line(error) if isinstance(error, Terminated) else "interrupted"
         print(f"\nbyzsgd: {what}; the rows written so far are in {run_dir}", file=sys.stderr)
         return 128 + (signal.SIGTERM if isinstance(error, Terminated) else signal.SIGINT)
-    except ConnectionError as error:  # ray.init could not reach the cluster named by --address
-        print(f"byzsgd: cannot connect to Ray at {config.ray.address!r}: {error}", file=sys.stderr)
+    except ConnectionError as error:  # nothing answers at --address / RAY_ADDRESS
+        print(f"byzsgd: cannot connect to Ray at {ray_address(config)!r}: {error}", file=sys.stderr)
         return 2
     except Exception as error:  # noqa: BLE001 - a failed run: one line here, the traceback in its folder
         return report_crash("run failed", error, run_dir, config.name)
@@ -96,6 +97,11 @@ def run_command(config: ExperimentConfig, args: argparse.Namespace) -> int:
     if note:
         print(f"byzsgd: {note}")
     return 0
+
+
+def ray_address(config: ExperimentConfig) -> str | None:
+    """The cluster a Ray run joins: ray.address, else RAY_ADDRESS (a Ray job's)."""
+    return config.ray.address or os.environ.get("RAY_ADDRESS")
 
 
 def sweep_command(args: argparse.Namespace) -> int:
@@ -124,9 +130,16 @@ def sweep_command(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         outcome = run_sweep(plan, parallel=args.parallel, quiet=args.quiet)
-    except KeyboardInterrupt:
-        print(f"\nbyzsgd: sweep interrupted; rerun the same command to resume ({plan.out_dir})", file=sys.stderr)
-        return 130
+    except ConnectionError as error:  # the sweep's Ray runs: nothing answers at --address / RAY_ADDRESS
+        address = next((ray_address(r.config) for r in plan.runs if r.config.runtime == "ray"), None)
+        print(f"byzsgd: cannot connect to Ray at {address!r}: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as error:  # Ctrl-C, or SIGTERM (SweepTerminated): its processes are stopped
+        from byzsgd.sweep.execute import SweepTerminated
+
+        what = "terminated (SIGTERM)" if isinstance(error, SweepTerminated) else "interrupted"
+        print(f"\nbyzsgd: sweep {what}; rerun the same command to resume ({plan.out_dir})", file=sys.stderr)
+        return 143 if isinstance(error, SweepTerminated) else 130
     finally:
         if uri is not None and plan.out_dir.exists():
             print(f"copied to: {upload(plan.out_dir, uri)}", file=sys.stderr)
