@@ -119,6 +119,11 @@ class RayConfig:
     object_store_memory: int = 512 * 1024 * 1024  # local Ray only
     torch_threads: int = 1
     snapshot_timeout_s: float = 120.0  # how long to wait for a server to report a step
+    # How long joining a cluster (ray.init) and then scheduling and building the actors may each
+    # take (a cluster without room for them never schedules them), and how long the driver tries
+    # to reach a cluster's address at all before ray.init.
+    start_timeout_s: float = 300.0
+    connect_timeout_s: float = 10.0
     # Where the node actors go on a multi-machine cluster: "spread" over as many machines as
     # possible (real network between nodes), or "pack"ed onto as few as possible (one placement group).
     placement: Literal["spread", "pack"] = "spread"

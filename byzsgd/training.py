@@ -28,11 +28,16 @@ def actor_device(requested: str, gpu_ids: list[Any]) -> str:
     return "cuda:0" if gpu_ids and requested != "cpu" else "cpu"
 
 
+def check_device(name: str) -> None:
+    """The driver's check before it writes anything: it evaluates on this device itself."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda: torch sees no CUDA device on this machine (use device: auto or cpu)")
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name} was requested but torch sees no CUDA device")
+    check_device(name.split(":")[0])  # cuda:0, the GPU Ray assigned an actor, needs CUDA too
     return torch.device(name)
 
 

@@ -21,14 +21,22 @@ sender's machine reads the object store's copy in place (a read-only view, never
 node stacks its quorum) and a receiver on another machine gets one copy per machine. Each actor
 counts what it copies (``put_bytes`` into the object store, ``inline_bytes`` serialized into
 calls) and what leaves its machine (``cross_node_bytes``): see :class:`Traffic`.
+
+Every call is checked (:mod:`byzsgd.runtime.auth`): ``deliver`` carries the calling actor's index
+and their pair's secret, and a message is accepted only from a sender that actor hosts; the
+control calls carry the driver's secret. Every wait is bounded: the address is probed before
+``ray.init`` (``ray.connect_timeout_s``), the actors must be up within ``ray.start_timeout_s``,
+each report within ``ray.snapshot_timeout_s``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import os
 import signal
+import socket
 import threading
 import zlib
 from collections import Counter, defaultdict
@@ -50,6 +58,7 @@ from byzsgd.metrics import Monitor
 from byzsgd.plugins import load_plugins
 from byzsgd.protocols.base import Node
 from byzsgd.registry import ConfigError
+from byzsgd.runtime.auth import ActorKeys, Gate, Header, draw_keys
 from byzsgd.training import Workload, actor_device
 
 __all__ = [
@@ -64,10 +73,6 @@ __all__ = [
     "shipped",
     "start_ray",
 ]
-
-# What a batched call carries per message: sender, receiver, kind, round, index of its payload,
-# and its lead (when it is due, relative to the sender's clock: see Mailbox).
-Header = tuple[str, str, str, int, int, float]
 
 
 def _setup_process(config: ExperimentConfig) -> None:
@@ -106,9 +111,11 @@ class InjectorActor:
 @ray.remote
 class NodeActor:
     """Hosts ``node_ids`` of the driver's plan; ``adversary`` is the injector actor when an
-    omniscient attack runs."""
+    omniscient attack runs; ``driver_secret`` is what the driver's control calls carry."""
 
-    def __init__(self, experiment: Experiment, node_ids: list[str], adversary: Any = None) -> None:
+    def __init__(
+        self, experiment: Experiment, node_ids: list[str], adversary: Any = None, driver_secret: bytes = b""
+    ) -> None:
         load_plugins(experiment.config.plugins)  # the user's registered rules and attacks exist here too
         config = experiment.config
         _setup_process(config)
@@ -137,43 +144,71 @@ class NodeActor:
         self.hosts: list[Any] = []
         self.home: dict[str, int] = {}
         self.index = -1
+        self.gate = Gate(driver_secret)
+        self.pair_secrets: dict[int, bytes] = {}
         self.ray_calls = 0
         self.traffic = Traffic()
         self.snapshots: dict[tuple[str, int], np.ndarray] = {}
         self.waiters: dict[tuple[str, int], asyncio.Future] = {}
 
-    def where(self) -> dict[str, str]:
+    # Control calls answer only the driver: each carries this actor's driver secret.
+
+    def where(self, token: bytes) -> dict[str, str]:
         """The Ray node (machine) this actor runs on and the device its nodes compute on."""
+        self._check_driver(token)
         return {"ray_node": self.ray_node, "device": self.device}
 
-    def connect(self, hosts: list[Any], home: dict[str, int], index: int, ray_nodes: list[str]) -> None:
-        """Every actor's handle, which actor hosts each node, this actor's own index and the Ray
-        node each actor runs on (to count the bytes that leave this machine)."""
-        self.hosts, self.home, self.index = hosts, home, index
-        self.traffic.place(self.ray_node, ray_nodes)
+    def _check_driver(self, token: Any) -> None:
+        if not self.gate.from_driver(token):
+            raise PermissionError("not the driver: a control call without this actor's driver secret")
 
-    async def start(self) -> None:
+    def connect(
+        self,
+        token: bytes,
+        hosts: list[Any],
+        home: dict[str, int],
+        keys: ActorKeys,
+        ray_nodes: list[str] | None = None,
+    ) -> None:
+        """Every actor's handle, which actor hosts each node, this actor's secrets, and the Ray
+        node each actor runs on (to count the bytes that leave this machine; default: this one)."""
+        self._check_driver(token)
+        self.hosts, self.home, self.index = hosts, home, keys.index
+        self.pair_secrets = dict(keys.pairs)
+        self.gate.connect(keys, home)
+        self.traffic.place(self.ray_node, ray_nodes or [self.ray_node] * len(hosts))
+
+    async def start(self, token: bytes) -> None:
+        self._check_driver(token)
         for node_id, node in self.nodes.items():
             self._route(node_id, node.start())
             self._take_reports(node)
         self._pump()
 
-    async def deliver(self, headers: list[Header], *payloads: np.ndarray) -> None:
-        for sender, receiver, kind, round_, index, lead in headers:
+    async def deliver(self, caller: int, token: bytes, headers: list[Header], *payloads: np.ndarray) -> None:
+        """Messages from actor ``caller``: only those from a node it hosts, to a node hosted here,
+        are queued (the rest are counted by the gate); a bad call never raises here."""
+        for sender, receiver, kind, round_, index, lead in self.gate.admit(caller, token, headers, len(payloads)):
             self.queue.put(Message(sender, receiver, kind, round_, payloads[index]), lead)
         self._pump()
 
-    async def report(self, node_id: str, step: int) -> np.ndarray:
+    async def report(self, token: bytes, node_id: str, step: int) -> np.ndarray:
         """Server ``node_id``'s model after ``step``, as soon as it gets there."""
+        self._check_driver(token)
         if (node_id, step) in self.snapshots:
             return self.snapshots.pop((node_id, step))
         waiter = self.waiters[node_id, step] = asyncio.get_running_loop().create_future()
         return await waiter
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, token: bytes) -> dict[str, Any]:
+        self._check_driver(token)
         nodes = {node_id: {"rejected": dict(node.rejected), "step": node.step} for node_id, node in self.nodes.items()}
-        sent = {**self.bus.sent, "ray_calls": self.ray_calls}
-        return {"sent": sent, "traffic": dict(self.traffic.counts), "nodes": nodes}
+        return {
+            "sent": {**self.bus.sent, "ray_calls": self.ray_calls},
+            "traffic": dict(self.traffic.counts),
+            "nodes": nodes,
+            "gate": dict(self.gate.rejected),
+        }
 
     def _pump(self) -> None:
         """Run every queued message through its node, then send what is bound for other actors."""
@@ -252,7 +287,7 @@ class NodeActor:
                     distinct.append(message.payload)
                 lead = self.queue.lead(due)
                 headers.append((message.sender, message.receiver, message.kind, message.round, slot[key], lead))
-            self.hosts[host].deliver.remote(headers, *payloads)
+            self.hosts[host].deliver.remote(self.index, self.pair_secrets[host], headers, *payloads)
             calls.append((host, distinct))
             self.ray_calls += 1
         self.traffic.flush(calls)
@@ -333,7 +368,9 @@ def start_ray(config: ExperimentConfig) -> bool:
     # turns SIGTERM into an exception, so the run records how it ended and shuts Ray down) wins.
     caller_sigterm = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     if address:
-        ray.init(address=address, log_to_driver=True)
+        source = "ray.address" if config.ray.address else "RAY_ADDRESS"
+        probe_address(address, config.ray.connect_timeout_s, source)
+        join_cluster(address, config.ray.start_timeout_s, source)
     else:
         ray.init(
             num_cpus=config.ray.num_cpus,
@@ -344,6 +381,68 @@ def start_ray(config: ExperimentConfig) -> bool:
     if callable(caller_sigterm):
         signal.signal(signal.SIGTERM, caller_sigterm)
     return True
+
+
+def join_cluster(address: str, timeout_s: float, source: str) -> None:
+    """``ray.init(address)``, given at most ``timeout_s``: something that answers at the
+    address but is not a Ray head (a dashboard's port, another service) makes it retry for
+    minutes. It runs in a daemon thread, left behind when it hangs (the command then ends)."""
+    outcome: dict[str, BaseException] = {}
+
+    def connect() -> None:
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except BaseException as error:  # noqa: BLE001 - handed to the caller's thread
+            outcome["error"] = error
+
+    quiet = _NoSigtermWarning()
+    worker_log = logging.getLogger("ray._private.worker")
+    worker_log.addFilter(quiet)  # the caller's SIGTERM handler is kept anyway (see start_ray)
+    try:
+        thread = threading.Thread(target=connect, name="ray-init", daemon=True)
+        thread.start()
+        thread.join(timeout_s)
+    finally:
+        worker_log.removeFilter(quiet)
+    if thread.is_alive():
+        raise UnreachableClusterError(
+            f"something answers there but ray.init did not join a cluster within ray.start_timeout_s={timeout_s:g} s "
+            f"({source}: is it a head's GCS port, 6379 by default? 8265 is the dashboard: submit a job instead)"
+        )
+    if "error" in outcome:
+        raise outcome["error"]
+
+
+class _NoSigtermWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
+
+
+class UnreachableClusterError(ConnectionError):
+    """Nothing answers at the Ray address (ray.init would retry for minutes)."""
+
+
+def probe_address(address: str, timeout_s: float, source: str = "ray.address") -> None:
+    """Fail fast when nothing listens at ``HOST:PORT`` or ``ray://HOST:PORT`` (``auto`` is
+    resolved by Ray from this machine's running cluster, and fails fast by itself)."""
+    target = address.removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    host = host.strip("[]")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return
+    except TimeoutError:
+        reason = f"no answer within {timeout_s:g} s (ray.connect_timeout_s)"
+    except socket.gaierror:
+        reason = f"unknown host {host!r}"
+    except OSError as error:
+        reason = (error.strerror or type(error).__name__).lower()
+    raise UnreachableClusterError(
+        f"nothing answers there ({source}: {reason}); start a cluster there (ray start --head --port={port}) "
+        f"or fix {source} (a head's HOST:6379, ray://HOST:10001, or unset it to start a local Ray)"
+    )
 
 
 def report_steps(config: ExperimentConfig) -> list[int]:
@@ -434,14 +533,19 @@ def run_ray(experiment: Experiment, monitor: Monitor) -> dict[str, Any]:
         check_cluster_gpus(config, sum(gpu_flags), ray.cluster_resources())
         placement = Placement(config, [False] * omniscient + gpu_flags)  # the adversary computes on the CPU
         plan = ray.put(experiment)  # one copy in the object store, whatever the number of actors
+        keys = draw_keys(len(groups))  # fresh per run: an actor of an earlier run knows none of them
         adversary = InjectorActor.options(**placement.options()).remote(plan) if omniscient else None
-        for group, gpu in zip(groups, gpu_flags, strict=True):
-            hosts.append(NodeActor.options(**placement.options(gpu)).remote(plan, group, adversary))
-        where = ray.get([host.where.remote() for host in hosts])
+        for group, own, gpu in zip(groups, keys, gpu_flags, strict=True):
+            hosts.append(NodeActor.options(**placement.options(gpu)).remote(plan, group, adversary, own.driver))
+        located = [host.where.remote(own.driver) for host, own in zip(hosts, keys)]
+        if adversary is not None:
+            located.append(adversary.__ray_ready__.remote())  # Ray's own: the actor is up
+        wait_for_actors(config, located, len(hosts) + omniscient)
+        where = ray.get(located[: len(hosts)])
         ray_nodes = [w["ray_node"] for w in where]
-        ray.get([host.connect.remote(hosts, home, index, ray_nodes) for index, host in enumerate(hosts)])
-        ray.get([host.start.remote() for host in hosts])
-        traffic = collect_reports(experiment, monitor, hosts, home)
+        ray.get([host.connect.remote(own.driver, hosts, home, own, ray_nodes) for host, own in zip(hosts, keys)])
+        ray.get([host.start.remote(own.driver) for host, own in zip(hosts, keys)])
+        traffic = collect_reports(experiment, monitor, hosts, home, keys)
         return {
             "actors": len(hosts) + (adversary is not None),
             "devices": {node: where[home[node]]["device"] for node in experiment.node_ids},
@@ -458,15 +562,37 @@ def run_ray(experiment: Experiment, monitor: Monitor) -> dict[str, Any]:
         torch.set_num_threads(driver_threads)
 
 
-def collect_reports(experiment: Experiment, monitor: Monitor, hosts: list[Any], home: dict[str, int]) -> Counter[str]:
+def wait_for_actors(config: ExperimentConfig, refs: list[Any], count: int) -> None:
+    """Wait (at most ``ray.start_timeout_s``) until every actor is scheduled and built: Ray
+    queues an actor the cluster has no room for, without a word, for ever."""
+    try:
+        ray.get(refs, timeout=config.ray.start_timeout_s)
+    except GetTimeoutError:
+        total, free = ray.cluster_resources(), ray.available_resources()
+        raise StalledError(
+            f"the {count} actors were not all up within ray.start_timeout_s={config.ray.start_timeout_s:g} s: "
+            f"they request ray.num_cpus_per_actor={config.ray.num_cpus_per_actor} CPU each "
+            f"({count * config.ray.num_cpus_per_actor:g} in all); the cluster has {total.get('CPU', 0):g} CPUs, "
+            f"{free.get('CPU', 0):g} free (lower ray.num_cpus_per_actor, set ray.actors, add nodes, or raise "
+            "ray.start_timeout_s if the cluster is only slow to start them)"
+        ) from None
+
+
+def collect_reports(
+    experiment: Experiment, monitor: Monitor, hosts: list[Any], home: dict[str, int], keys: list[ActorKeys]
+) -> Counter[str]:
     """Fetch every correct server's model at each reported step and feed the monitor; returns
     the actors' :class:`Traffic` counts at the last step."""
     config, roster = experiment.config, experiment.roster
+    tokens = [own.driver for own in keys]
     traffic: Counter[str] = Counter()
     for step in report_steps(config):
         if not monitor.live_servers:
             raise StalledError("every correct server has crashed")
-        refs = {server: hosts[home[server]].report.remote(server, step) for server in monitor.live_servers}
+        refs = {
+            server: hosts[home[server]].report.remote(tokens[home[server]], server, step)
+            for server in monitor.live_servers
+        }
         models = {}
         for server, ref in refs.items():
             try:
@@ -476,12 +602,13 @@ def collect_reports(experiment: Experiment, monitor: Monitor, hosts: list[Any], 
             except GetTimeoutError:
                 raise StalledError(
                     f"server {server} did not reach step {step} within {config.ray.snapshot_timeout_s} s "
-                    f"(server steps: {server_steps(hosts, monitor.servers)})"
+                    f"(server steps: {server_steps(hosts, tokens, monitor.servers)})"
                 ) from None
-        stats = host_stats(hosts)
+        stats = host_stats(hosts, tokens)
+        rejections = [node["rejected"] for s in stats for n, node in s["nodes"].items() if not roster.is_byzantine(n)]
         counters = counters_row(
             sum((Counter(s["sent"]) for s in stats), Counter()),
-            (node["rejected"] for s in stats for n, node in s["nodes"].items() if not roster.is_byzantine(n)),
+            rejections + [s["gate"] for s in stats],  # calls every actor's shell refused
         )
         traffic = sum((Counter(s["traffic"]) for s in stats), Counter())
         counters.update({name: traffic[name] for name in TRAFFIC_COUNTERS})
@@ -494,9 +621,9 @@ def collect_reports(experiment: Experiment, monitor: Monitor, hosts: list[Any], 
 TRAFFIC_COUNTERS = ("put_bytes", "inline_bytes", "cross_node_bytes")
 
 
-def host_stats(hosts: list[Any]) -> list[dict[str, Any]]:
+def host_stats(hosts: list[Any], tokens: list[bytes]) -> list[dict[str, Any]]:
     """Counters of every live actor (a crashed one has none to give)."""
-    refs = [host.stats.remote() for host in hosts]
+    refs = [host.stats.remote(token) for host, token in zip(hosts, tokens)]
     stats = []
     for ref in refs:
         try:
@@ -506,5 +633,5 @@ def host_stats(hosts: list[Any]) -> list[dict[str, Any]]:
     return stats
 
 
-def server_steps(hosts: list[Any], servers: list[str]) -> dict[str, int]:
-    return {n: node["step"] for s in host_stats(hosts) for n, node in s["nodes"].items() if n in servers}
+def server_steps(hosts: list[Any], tokens: list[bytes], servers: list[str]) -> dict[str, int]:
+    return {n: node["step"] for s in host_stats(hosts, tokens) for n, node in s["nodes"].items() if n in servers}
