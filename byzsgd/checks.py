@@ -43,6 +43,11 @@ FIELD_RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("ray.snapshot_timeout_s", lambda v: v > 0, "must be positive"),
     ("ray.start_timeout_s", lambda v: v > 0, "must be positive"),
     ("ray.connect_timeout_s", lambda v: v > 0, "must be positive"),
+    (
+        "ray.num_gpus_per_actor",
+        lambda v: v >= 0 and (v <= 1 or v == int(v)),
+        "must be >= 0, and a whole number above 1 (a fraction shares one GPU)",
+    ),
 ]
 
 # HOST:PORT (a head node's GCS) or ray://HOST:PORT (Ray Client, usually port 10001), or auto/local.

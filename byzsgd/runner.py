@@ -63,7 +63,8 @@ def run_experiment(
     results.write_config(run_dir, config)
     experiment = assemble(config)  # the only place a run is planned: runtimes and actors get the plan
     torch.manual_seed(config.seed)
-    workload = Workload(config)
+    # On Ray only actors Ray assigned a GPU touch CUDA; the driver evaluates on the CPU.
+    workload = Workload(config, "cpu" if config.runtime == "ray" else None)
     writer = results.metrics_writer(run_dir)
     monitor = Monitor(workload, experiment.correct_servers, config.steps, writer, on_row)
     summary: dict[str, Any] = {

@@ -51,6 +51,7 @@ BAD_SETTINGS = [
     (["ray.snapshot_timeout_s=0"], "ray.snapshot_timeout_s=0.0: must be positive"),
     (["ray.start_timeout_s=0"], "ray.start_timeout_s=0.0: must be positive"),
     (["ray.connect_timeout_s=-1"], "ray.connect_timeout_s=-1.0: must be positive"),
+    (["ray.num_gpus_per_actor=1.5"], "ray.num_gpus_per_actor=1.5: must be >= 0, and a whole number above 1"),
     (
         ["--runtime", "ray", "ray.num_cpus=2", "ray.num_cpus_per_actor=0.5"],
         "ray.num_cpus_per_actor=0.5 x 12 actors needs 6 CPUs, but the local Ray gets ray.num_cpus=2",
