@@ -26,7 +26,7 @@ from byzsgd.results import (
     record_failure,
 )
 from byzsgd.storage import resolve_output
-from byzsgd.training import Workload, check_device
+from byzsgd.training import Workload, check_driver_device
 
 __all__ = [
     "CONFIG_FILE",
@@ -56,7 +56,7 @@ def run_experiment(
 ) -> RunResult:
     """Run ``config`` into ``run_dir`` (default: a new timestamped folder); a folder that
     already holds a run is refused unless ``overwrite`` (see :func:`claim_run_dir`)."""
-    check_device(config.device)
+    check_driver_device(config)
     run_dir = resolve_output(run_dir) if run_dir is not None else new_run_dir(config)
     claim_run_dir(run_dir, overwrite)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,13 @@ def check_device(name: str) -> None:
         raise ConfigError("device=cuda: torch sees no CUDA device on this machine (use device: auto or cpu)")
 
 
+def check_driver_device(config: ExperimentConfig) -> None:
+    """In the in-process runtime the driver computes on ``config.device`` itself; on Ray it
+    evaluates on the CPU and the actors use the GPUs Ray assigns them (checked at start-up)."""
+    if config.runtime == "local":
+        check_device(config.device)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

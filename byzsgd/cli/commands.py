@@ -41,10 +41,10 @@ def output_target(out: str | None, default: Callable[[], Path]) -> tuple[Path, s
 def run_command(config: ExperimentConfig, args: argparse.Namespace) -> int:
     from byzsgd.runner import claim_run_dir, new_run_dir, record_failure, run_experiment
     from byzsgd.storage import location_note, upload
-    from byzsgd.training import check_device
+    from byzsgd.training import check_driver_device
 
     try:
-        check_device(config.device)
+        check_driver_device(config)
         run_dir, uri = output_target(args.out, lambda: new_run_dir(config))
         claim_run_dir(run_dir, overwrite=args.overwrite)
     except ConfigError as error:
@@ -108,7 +108,7 @@ def sweep_command(args: argparse.Namespace) -> int:
     from byzsgd.experiment import ignored_settings
     from byzsgd.storage import location_note, upload
     from byzsgd.sweep import load_sweep, outcome_text, plan_text, run_sweep
-    from byzsgd.training import check_device
+    from byzsgd.training import check_driver_device
 
     uri = None
     out = args.out
@@ -122,8 +122,8 @@ def sweep_command(args: argparse.Namespace) -> int:
     print_warnings(note for run in plan.runs for note in ignored_settings(run.config))
     if args.dry_run:
         return 0
-    for device in sorted({run.config.device for run in plan.runs}):
-        check_device(device)  # before the sweep folder exists
+    for run in plan.runs:
+        check_driver_device(run.config)  # before the sweep folder exists
     note = location_note(plan.out_dir)
     if note:
         print(f"byzsgd: {note}", flush=True)
