@@ -12,7 +12,12 @@ summed over every process of it (driver, raylet, actors): on a shared machine wa
 on what else runs, CPU time much less. Each system runs ``--repeat`` times (the median run is
 shown) per ``--actors`` value: one actor per node (every message a Ray call), and the nodes
 hosted by a few actors (``ray.actors``: servers in some, workers in the others, messages
-between actors batched).
+between actors batched). ``--nodes K`` starts K raylets on this machine
+(``ray.cluster_utils.Cluster``: each its own object store, as K machines would have) and spreads
+the actors over them (``ray.placement: spread``). CPU per step excludes the driver's evaluations of the
+servers' models (the monitor's work, as in ``--runtime local``). Every Ray row also prints the payload bytes the
+actors copy per step (into the object store, or serialized inline into calls) and the bytes that
+cross between Ray nodes, as the runtime counts them (``summary.json``).
 
 ``--runtime local`` runs the same systems in the in-process simulator on one thread (no Ray, no
 serialisation): what remains is the protocol's own work. It also prints the bytes that
@@ -24,6 +29,7 @@ exclude the monitor's evaluations of the servers' models.
     python benchmarks/overhead.py                    # digits + MLP (the demo's workload), on Ray
     python benchmarks/overhead.py --runtime local --workload mnist-wide --steps 30
     python benchmarks/overhead.py --actors 3 --repeat 1   # only the nodes hosted by 3 actors, once
+    python benchmarks/overhead.py --workload mnist-wide --only vanilla byzsgd --actors node --nodes 3
     python benchmarks/overhead.py --runtime local --workload cifar-resnet18 --steps 3 --repeat 1
     python benchmarks/overhead.py --workload cifar-resnet18 --cifar-root ~/data   # real CIFAR-10
 
@@ -158,12 +164,24 @@ def make_config(name: str, section: dict[str, Any], args: argparse.Namespace, ru
 def run_one(
     name: str, section: dict[str, Any], args: argparse.Namespace, actors: int | None, out: Path
 ) -> dict[str, Any] | None:
+    from byzsgd import metrics
     from byzsgd.runner import run_experiment
 
     config = make_config(name, section, args, "ray", actors)
     if config is None:
         return None
     marks: dict[str, Any] = {}
+    evaluating = {"cpu": 0.0}
+    write = metrics.Monitor._write
+
+    def timed_write(monitor: Any, step: int, models: dict[str, Any]) -> None:
+        # The driver's evaluations of every correct server's model are the monitor's, not the
+        # system's: excluded as in --runtime local (ByzSGD has 5 models to evaluate, vanilla 1).
+        counting = "step0" in marks  # the step-0 row's evaluation precedes the window (on_row opens it)
+        cpu = time.process_time()
+        write(monitor, step, models)
+        if counting:
+            evaluating["cpu"] += time.process_time() - cpu
 
     def on_row(row: dict[str, Any]) -> None:
         if row["step"] == 0:
@@ -172,12 +190,17 @@ def run_one(
             marks["end"] = cpu_snapshot()  # before the actors are killed
 
     before = cpu_snapshot()
-    result = run_experiment(config, out / name, on_row=on_row)
+    metrics.Monitor._write = timed_write
+    try:
+        result = run_experiment(config, out / name, on_row=on_row)
+    finally:
+        metrics.Monitor._write = write
     startup_cpu = cpu_used(before, marks["step0"])
     run_cpu = cpu_used(marks["step0"], marks["end"])
+    run_cpu[os.getpid()] -= evaluating["cpu"]
     # The busiest node actor bounds steps/s where every node has a core of its own (a cluster).
     actor_cpu = [used for pid, used in run_cpu.items() if marks["end"][pid][0].startswith(b"ray::")]
-    rows = result.rows
+    rows, summary = result.rows, result.summary
     t0 = rows[0]["time_s"]
     run_s = rows[-1]["time_s"] - t0
     reached = next((r for r in rows if r["test_acc"] >= args.target), None)
@@ -192,6 +215,9 @@ def run_one(
         "steps_to_target": reached["step"] if reached else None,
         "time_to_target_s": reached["time_s"] - t0 if reached else None,
         "final_acc": rows[-1]["test_acc"],
+        "copied_mb_per_step": (summary["put_bytes_per_step"] + summary["inline_bytes_per_step"]) / 1e6,
+        "cross_node_mb_per_step": summary["cross_node_bytes_per_step"] / 1e6,
+        "ray_nodes": len(set(summary["ray_nodes"].values())),
     }
 
 
@@ -347,7 +373,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
         f"{'system':12s} {'actors':>6s} {'start s':>8s} {'start CPU s':>11s} "
         f"{'steps/s':>8s} {'range':>11s} {'x vanilla':>9s} "
         f"{'CPU ms/step':>11s} {'x vanilla':>9s} {'busiest ms':>10s} {'x vanilla':>9s} "
-        f"{'steps→acc':>9s} {'s→acc':>7s} {'final acc':>9s}"
+        f"{'steps→acc':>9s} {'s→acc':>7s} {'final acc':>9s} {'copied MB/step':>14s} {'cross-node MB/step':>18s}"
     )
     for r in results:
         speed = r["steps_per_s"] / base["steps_per_s"] if base else None
@@ -359,8 +385,29 @@ def print_table(results: list[dict[str, Any]]) -> None:
             f"{r['steps_per_s']:8.2f} {'{:.1f}-{:.1f}'.format(*r['steps_per_s_range']):>11s} "
             f"{fmt(speed, '.2f'):>9s} {r['cpu_ms_per_step']:11.1f} {fmt(cpu, '.2f'):>9s} "
             f"{busy:10.1f} {fmt(node, '.2f'):>9s} "
-            f"{fmt(r['steps_to_target'], 'd'):>9s} {fmt(r['time_to_target_s'], '.1f'):>7s} {r['final_acc']:9.3f}"
+            f"{fmt(r['steps_to_target'], 'd'):>9s} {fmt(r['time_to_target_s'], '.1f'):>7s} {r['final_acc']:9.3f} "
+            f"{r['copied_mb_per_step']:14.1f} {r['cross_node_mb_per_step']:18.1f}"
         )
+
+
+def start_cluster(args: argparse.Namespace) -> Any:
+    """Ray for the benchmark: one local node, or ``--nodes`` raylets on this machine, each with
+    its own object store (returns the Cluster to shut down, or None)."""
+    import ray
+
+    store = args.store_mb * 1024 * 1024 if args.store_mb else None
+    if args.nodes == 1:
+        ray.init(num_cpus=os.cpu_count(), object_store_memory=store, include_dashboard=False, log_to_driver=False)
+        return None
+    from ray.cluster_utils import Cluster
+
+    # Every raylet offers all cores: the actors ask for fractions, and the K "machines" share this one.
+    node = {"num_cpus": os.cpu_count(), "object_store_memory": store or 512 * 1024 * 1024}
+    cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+    for _ in range(args.nodes - 1):
+        cluster.add_node(**node)
+    ray.init(address=cluster.address, log_to_driver=False)
+    return cluster
 
 
 def print_local_table(results: list[dict[str, Any]]) -> None:
@@ -450,7 +497,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs per system and placement; the median is shown")
     parser.add_argument("--only", nargs="*", help="run only these systems")
     parser.add_argument("--out", help="keep the runs' results here (default: a temporary folder)")
+    parser.add_argument("--nodes", type=int, default=1, help="Ray nodes (raylets) to start on this machine")
+    parser.add_argument(
+        "--store-mb",
+        type=int,
+        help="object store per Ray node, MiB (default: Ray's own with one node, 512 with several)",
+    )
     args = parser.parse_args(argv)
+    if args.nodes < 1:
+        parser.error(f"--nodes={args.nodes}: must be at least 1")
     try:
         if args.runtime == "local":
             return main_local(args)
@@ -464,8 +519,11 @@ def main_ray(args: argparse.Namespace) -> int:
     import ray
 
     started = time.perf_counter()
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    print(f"ray.init: {time.perf_counter() - started:.1f} s; {os.cpu_count()} cores; load {os.getloadavg()[0]:.1f}")
+    cluster = start_cluster(args)
+    print(
+        f"ray start: {time.perf_counter() - started:.1f} s; {args.nodes} Ray node(s); {os.cpu_count()} cores; "
+        f"load {os.getloadavg()[0]:.1f}"
+    )
     tables = {}
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(args.out) if args.out else Path(scratch)
@@ -483,17 +541,22 @@ def main_ray(args: argparse.Namespace) -> int:
                         rows.append(row)
         finally:
             ray.shutdown()
+            if cluster is not None:
+                cluster.shutdown()
     print(
-        f"\n{args.workload}, {args.n_w} workers, {args.steps} steps, no attack; "
+        f"\n{args.workload}, {args.n_w} workers, {args.steps} steps, no attack, {args.nodes} Ray node(s); "
         f"time-to-accuracy at test_acc >= {args.target}; load average now {os.getloadavg()[0]:.1f}"
     )
     for actors, results in tables.items():
-        print(f"\nray.actors: {'one per node' if actors == 'node' else actors}")
+        spread = ", ".join(f"{r['system']} on {r['ray_nodes']}" for r in results)
+        print(f"\nray.actors: {'one per node' if actors == 'node' else actors}; Ray nodes used: {spread}")
         print_table(results)
     print(
         "\nx vanilla: steps/s ratio; vanilla's CPU per step (all processes) over the system's; and vanilla's\n"
         "busiest-actor CPU per step over the system's, the steps/s ratio to expect when every node has its\n"
-        "own core (a cluster). All three: higher is better."
+        "own core (a cluster). All three: higher is better. copied MB/step: payload bytes put into the object\n"
+        "store or serialized inline into calls; cross-node MB/step: payload bytes sent between Ray nodes\n"
+        "(an object once per receiving node). Both as the runtime counts them, start-up included."
     )
     return 0
 

@@ -22,10 +22,16 @@ if TYPE_CHECKING:
 
 # Ray refuses an object store below 75 MiB.
 MIN_OBJECT_STORE = 75 * 1024 * 1024
+# Sizes far past anything a run can hold: a typo (an extra digit) fails here, not as an out-of-memory later.
+MAX_NODES = 10_000
+MAX_HIDDEN = 1_000_000
 
 # (dotted field, rule holds for the value, the rule in words). None always passes: it means "default".
 FIELD_RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("seed", lambda v: 0 <= v < 2**63, "must be in [0, 2^63)"),
+    ("nodes.n_ps", lambda v: v <= MAX_NODES, f"must be at most {MAX_NODES}"),
+    ("nodes.n_w", lambda v: v <= MAX_NODES, f"must be at most {MAX_NODES}"),
+    ("model.hidden", lambda v: v <= MAX_HIDDEN, f"must be at most {MAX_HIDDEN}"),
     ("optimizer.momentum", lambda v: 0 <= v < 1, "must be in [0, 1)"),
     ("optimizer.weight_decay", lambda v: v >= 0, "must be >= 0"),
     ("data.eval_samples", lambda v: v >= 1, "must be at least 1"),
@@ -35,6 +41,13 @@ FIELD_RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("ray.num_cpus", lambda v: v >= 1, "must be at least 1 (or null: all cores)"),
     ("ray.object_store_memory", lambda v: v >= MIN_OBJECT_STORE, f"must be at least {MIN_OBJECT_STORE} (75 MiB)"),
     ("ray.snapshot_timeout_s", lambda v: v > 0, "must be positive"),
+    ("ray.start_timeout_s", lambda v: v > 0, "must be positive"),
+    ("ray.connect_timeout_s", lambda v: v > 0, "must be positive"),
+    (
+        "ray.num_gpus_per_actor",
+        lambda v: v >= 0 and (v <= 1 or v == int(v)),
+        "must be >= 0, and a whole number above 1 (a fraction shares one GPU)",
+    ),
 ]
 
 # HOST:PORT (a head node's GCS) or ray://HOST:PORT (Ray Client, usually port 10001), or auto/local.
@@ -79,6 +92,13 @@ def check_attack_roles(config: ExperimentConfig) -> None:
         attack = getattr(config, field_name)
         if attack.count is not None and attack.ids is not None:
             raise ConfigError(f"{field_name}: give count or ids, not both (ids name the Byzantine nodes)")
+        # The count defaults to f_ps: with f_ps = 0 the attack would run on no server (count: 0 says so on purpose).
+        unset = attack.count is None and attack.ids is None
+        if field_name == "server_attack" and attack.name != "none" and config.nodes.f_ps == 0 and unset:
+            raise ConfigError(
+                f"server_attack.name={attack.name!r} with nodes.f_ps=0: no server may be Byzantine "
+                "(set server_attack.name=none, or raise nodes.f_ps)"
+            )
         if attack.name != "none" and field_name == "server_attack":
             if getattr(ATTACKS[attack.name], "flips_labels", False):
                 raise ConfigError(

@@ -119,6 +119,11 @@ class RayConfig:
     object_store_memory: int = 512 * 1024 * 1024  # local Ray only
     torch_threads: int = 1
     snapshot_timeout_s: float = 120.0  # how long to wait for a server to report a step
+    # How long joining a cluster (ray.init) and then scheduling and building the actors may each
+    # take (a cluster without room for them never schedules them), and how long the driver tries
+    # to reach a cluster's address at all before ray.init.
+    start_timeout_s: float = 300.0
+    connect_timeout_s: float = 10.0
     # Where the node actors go on a multi-machine cluster: "spread" over as many machines as
     # possible (real network between nodes), or "pack"ed onto as few as possible (one placement group).
     placement: Literal["spread", "pack"] = "spread"
@@ -127,6 +132,10 @@ class RayConfig:
     # each other; on a laptop, cores + 1 actors (servers in one, workers over the rest) avoid a
     # Ray call per message.
     actors: int | None = None
+    # GPUs each actor hosting a role of gpu_roles requests from Ray (a fraction: several actors
+    # share one GPU). 0: no actor requests one, and every actor computes on the CPU.
+    num_gpus_per_actor: float = 0.0
+    gpu_roles: list[Literal["workers", "servers"]] = field(default_factory=lambda: ["workers"])
 
 
 @dataclass
@@ -385,8 +394,27 @@ def validate(config: ExperimentConfig) -> None:
         )
     check_workload(config)
     check_fields(config)
+    check_gpus(config)
     check_attack(config.attack, "attack", "workers", config.nodes.n_w, config.nodes.f_w)
     check_attack(config.server_attack, "server_attack", "servers", config.nodes.n_ps, config.nodes.f_ps)
+
+
+def check_gpus(config: ExperimentConfig) -> None:
+    """GPUs are Ray resources: an actor computes on one only if Ray gave it one."""
+    ray_config = config.ray
+    gpus = ray_config.num_gpus_per_actor  # its range: byzsgd.checks.FIELD_RULES
+    if len(set(ray_config.gpu_roles)) != len(ray_config.gpu_roles):
+        raise ConfigError(f"ray.gpu_roles={ray_config.gpu_roles}: roles must be distinct")
+    if config.runtime != "ray":
+        return
+    if gpus > 0 and not ray_config.gpu_roles:
+        raise ConfigError(f"ray.num_gpus_per_actor={gpus} with ray.gpu_roles=[]: name the roles that get GPUs")
+    if gpus > 0 and config.device == "cpu":
+        raise ConfigError(f"ray.num_gpus_per_actor={gpus} with device: cpu: the actors would hold GPUs they never use")
+    if gpus == 0 and config.device == "cuda":
+        raise ConfigError(
+            "device: cuda on Ray needs ray.num_gpus_per_actor > 0: an actor uses only a GPU Ray assigned it"
+        )
 
 
 def check_workload(config: ExperimentConfig) -> None:

@@ -10,16 +10,27 @@ builds only its own nodes from it, so nothing is parsed, validated or searched t
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from byzsgd.config import AttackConfig, ExperimentConfig, byzantine_count, parse_config, read_config_dict
+from byzsgd.attacks import ATTACKS
+from byzsgd.config import (
+    AttackConfig,
+    ExperimentConfig,
+    RayConfig,
+    RuleConfig,
+    byzantine_count,
+    parse_config,
+    read_config_dict,
+)
 from byzsgd.plugins import load_plugins
 from byzsgd.protocols import PROTOCOLS, Protocol
+from byzsgd.registry import ConfigError
 
 if TYPE_CHECKING:
     from byzsgd.protocols.base import Node
@@ -30,12 +41,64 @@ def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
     load_plugins(data.get("plugins"))  # before any registered name (protocol, rule, attack) is looked up
     config = parse_config(data, {name: PROTOCOLS[name].options for name in PROTOCOLS.names()})
     PROTOCOLS[config.protocol].validate(config)
+    check_local_ray_room(config)
     return config
+
+
+def check_local_ray_room(config: ExperimentConfig) -> None:
+    """Refuse now what the local Ray could never schedule (its actors would wait forever):
+    every actor takes ``ray.num_cpus_per_actor`` of the ``ray.num_cpus`` the driver starts it
+    with. A cluster joined by address may grow (autoscaling): its room is checked when the
+    actors are created, with a timeout (``ray.start_timeout_s``)."""
+    if config.runtime != "ray" or config.ray.address or os.environ.get("RAY_ADDRESS"):
+        return
+    protocol = PROTOCOLS[config.protocol]
+    actors = len(host_groups(protocol.server_ids(config), protocol.worker_ids(config), config.ray.actors))
+    actors += needs_injector_actor(config)
+    cpus = config.ray.num_cpus or os.cpu_count() or 1
+    needed = actors * config.ray.num_cpus_per_actor
+    if needed > cpus + 1e-6:
+        where = f"ray.num_cpus={config.ray.num_cpus}" if config.ray.num_cpus else f"all {cpus} cores (ray.num_cpus)"
+        raise ConfigError(
+            f"ray.num_cpus_per_actor={config.ray.num_cpus_per_actor} x {actors} actors needs {needed:g} CPUs, "
+            f"but the local Ray gets {where}: lower ray.num_cpus_per_actor, host the nodes in fewer actors "
+            f"(ray.actors), or raise ray.num_cpus"
+        )
+
+
+def needs_injector_actor(config: ExperimentConfig) -> bool:
+    """Whether an omniscient attack runs (on Ray, the fault injector is then an actor too)."""
+    from byzsgd.attacks import ATTACKS
+
+    for attack, f in ((config.attack, config.nodes.f_w), (config.server_attack, config.nodes.f_ps)):
+        if byzantine_count(attack, f) and ATTACKS.build(attack.name, **attack.params).omniscient:
+            return True
+    return False
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
     """Load a YAML file (or the embedded default), apply ``key=value`` overrides, check."""
     return config_from_dict(read_config_dict(path, overrides))
+
+
+def ignored_settings(config: ExperimentConfig) -> list[str]:
+    """Settings changed from their defaults that the chosen runtime or protocol does not use, one
+    line each. Warnings, not errors: ``--runtime local`` or a sweep's variants switch runtime and
+    protocol under one file's settings, and those runs must still start."""
+    notes = []
+    if config.runtime == "local":
+        default = RayConfig()
+        changed = [f"ray.{f.name}" for f in fields(default) if getattr(config.ray, f.name) != getattr(default, f.name)]
+        if changed:
+            notes.append(f"{', '.join(changed)}: not used with runtime: local (they configure the Ray runtime)")
+    if not PROTOCOLS[config.protocol].uses_aggregator and config.aggregator != RuleConfig():
+        worker_attack = ATTACKS.build(config.attack.name, **config.attack.params)
+        if not (worker_attack.omniscient and byzantine_count(config.attack, config.nodes.f_w)):
+            notes.append(
+                f"aggregator.name={config.aggregator.name!r}: not used by protocol {config.protocol!r} "
+                "(its server decodes the exact gradient sum)"
+            )
+    return notes
 
 
 def choose_byzantine(attack: AttackConfig, node_ids: list[str], f: int, seed: int, epoch: int = 0) -> list[str]:

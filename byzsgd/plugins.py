@@ -97,6 +97,14 @@ def _extra_parameters(fn: Callable[..., Any], leading: int, who: str) -> list[in
     return [p.replace(kind=p.KEYWORD_ONLY) if p.kind is not p.VAR_KEYWORD else p for p in rest]
 
 
+def _register_function(registry: Any, name: str, fn: Callable[..., Any], base: type, members: dict[str, Any]) -> Any:
+    """Register ``fn`` under ``name`` as a subclass of ``base`` with ``members``, documented by ``fn``'s
+    docstring (what ``byzsgd list`` shows); returns ``fn``, so the decorated function stays callable."""
+    namespace = {**members, "__doc__": fn.__doc__, "__module__": fn.__module__}
+    registry.register(name, replace=True)(type(f"Function{base.__name__}_{fn.__name__}", (base,), namespace))
+    return fn
+
+
 def register_aggregator(name: str, *, bound: tuple[int, int] = (0, 1)) -> Callable[[Any], Any]:
     """Register an aggregation rule under ``name`` (``aggregator.name`` in YAML).
 
@@ -137,20 +145,8 @@ def register_aggregator(name: str, *, bound: tuple[int, int] = (0, 1)) -> Callab
             ]
         )
         __init__.__signature__ = init_signature  # type: ignore[attr-defined]  # parameter checks see fn's
-        cls = type(
-            f"FunctionAggregator_{fn.__name__}",
-            (Aggregator,),
-            {
-                "__init__": __init__,
-                "_aggregate": _aggregate,
-                "bound": tuple(bound),
-                "name": name,
-                "__doc__": fn.__doc__,
-                "__module__": fn.__module__,
-            },
-        )
-        AGGREGATORS.register(name, replace=True)(cls)
-        return fn
+        members = {"__init__": __init__, "_aggregate": _aggregate, "bound": tuple(bound), "name": name}
+        return _register_function(AGGREGATORS, name, fn, Aggregator, members)
 
     return add
 
@@ -194,19 +190,7 @@ def register_attack(name: str, *, omniscient: bool = False, per_receiver: bool =
         __init__.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
             [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *extra]
         )
-        cls = type(
-            f"FunctionAttack_{fn.__name__}",
-            (Attack,),
-            {
-                "__init__": __init__,
-                "__call__": __call__,
-                "omniscient": omniscient,
-                "per_receiver": per_receiver,
-                "__doc__": fn.__doc__,
-                "__module__": fn.__module__,
-            },
-        )
-        ATTACKS.register(name, replace=True)(cls)
-        return fn
+        members = {"__init__": __init__, "__call__": __call__, "omniscient": omniscient, "per_receiver": per_receiver}
+        return _register_function(ATTACKS, name, fn, Attack, members)
 
     return add

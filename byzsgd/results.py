@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import traceback
 from datetime import datetime
 from pathlib import Path
@@ -43,9 +44,14 @@ def is_run_dir(path: Path) -> bool:
 
 
 def clear_run(run_dir: Path) -> None:
-    """Remove what an earlier attempt of a sweep's run left (the metrics file is appended to)."""
+    """Remove what an earlier attempt left (the metrics file is appended to), also a folder or
+    link found where one of the run's files belongs."""
     for name in (*RUN_FILES, RUN_INFO_FILE):
-        (run_dir / name).unlink(missing_ok=True)
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def claim_run_dir(run_dir: str | Path, overwrite: bool = False) -> None:
@@ -93,7 +99,12 @@ def write_config(run_dir: Path, config: ExperimentConfig) -> None:
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
-    return yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {}
+    """The run's resolved config; empty when the file is missing or not a YAML mapping."""
+    try:
+        data = yaml.safe_load((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 class JsonlWriter:
@@ -114,12 +125,21 @@ def metrics_writer(run_dir: Path) -> JsonlWriter:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows up to the first that is not a JSON object (a row cut short by a crash: everything
+    before it is intact); bytes that are not UTF-8 end the rows the same way."""
     rows = []
-    for line in Path(path).read_text().splitlines():
+    try:
+        lines = Path(path).read_bytes().splitlines()
+    except OSError:
+        return rows
+    for line in lines:
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a row cut short by a crash: everything before it is intact
+            row = json.loads(line.decode("utf-8"))
+        except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            break
+        if not isinstance(row, dict):
+            break
+        rows.append(row)
     return rows
 
 
@@ -131,11 +151,25 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
 
 
-def read_summary(run_dir: Path) -> dict[str, Any] | None:
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """A JSON object from ``path``; None when it is missing or anything else (not a file, not
+    UTF-8, not JSON, a list...)."""
     try:
-        return json.loads((run_dir / SUMMARY_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         return None
+    return data if isinstance(data, dict) else None
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """The run's summary, or None when there is none or it is not one a run writes (a corrupt
+    file: see :func:`run_status`)."""
+    summary = read_json_object(run_dir / SUMMARY_FILE)
+    if summary is None:
+        return None
+    if not isinstance(summary.get("status", "failed"), str) or not isinstance(summary.get("final", {}), dict):
+        return None
+    return summary
 
 
 def write_traceback(run_dir: Path) -> None:
@@ -148,18 +182,31 @@ def write_run_info(run_dir: Path, info: dict[str, Any]) -> None:
 
 
 def read_run_info(run_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((run_dir / RUN_INFO_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
+    return read_json_object(run_dir / RUN_INFO_FILE) or {}
 
 
 def run_status(run_dir: Path) -> str:
-    """finished, failed, interrupted (started, no summary or stopped by Ctrl-C) or pending."""
+    """finished, failed, interrupted (started and no summary, or stopped by Ctrl-C or SIGTERM),
+    pending, or corrupt (a finished run with a folder or another non-file where its config.yaml
+    or metrics.jsonl belongs). A summary that is not one a run writes (torn, not UTF-8, a list, a
+    non-mapping ``final``) reads as absent. A sweep reruns every run but the finished."""
     summary = read_summary(run_dir)
     if summary is None:
         return "interrupted" if (run_dir / METRICS_FILE).exists() else "pending"
     status = summary.get("status", "failed")
-    if status == "failed" and str(summary.get("error", "")).startswith("KeyboardInterrupt"):
+    if status == "finished" and any(
+        (run_dir / name).exists() and not (run_dir / name).is_file() for name in (CONFIG_FILE, METRICS_FILE)
+    ):
+        return "corrupt"
+    if status == "failed" and interrupted(str(summary.get("error", ""))):
         return "interrupted"
     return status
+
+
+# Exceptions that mean "stopped from outside" (Ctrl-C, SIGTERM to a run or to a sweep), not a failure.
+INTERRUPTIONS = ("KeyboardInterrupt", "Terminated", "SweepTerminated")
+
+
+def interrupted(error: str) -> bool:
+    """Whether a summary's ``error`` (``[module.]Class: message``) is an interruption."""
+    return error.split(":", 1)[0].rsplit(".", 1)[-1] in INTERRUPTIONS

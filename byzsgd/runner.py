@@ -26,7 +26,7 @@ from byzsgd.results import (
     record_failure,
 )
 from byzsgd.storage import resolve_output
-from byzsgd.training import Workload
+from byzsgd.training import Workload, check_driver_device
 
 __all__ = [
     "CONFIG_FILE",
@@ -56,13 +56,15 @@ def run_experiment(
 ) -> RunResult:
     """Run ``config`` into ``run_dir`` (default: a new timestamped folder); a folder that
     already holds a run is refused unless ``overwrite`` (see :func:`claim_run_dir`)."""
+    check_driver_device(config)
     run_dir = resolve_output(run_dir) if run_dir is not None else new_run_dir(config)
     claim_run_dir(run_dir, overwrite)
     run_dir.mkdir(parents=True, exist_ok=True)
     results.write_config(run_dir, config)
     experiment = assemble(config)  # the only place a run is planned: runtimes and actors get the plan
     torch.manual_seed(config.seed)
-    workload = Workload(config)
+    # On Ray only actors Ray assigned a GPU touch CUDA; the driver evaluates on the CPU.
+    workload = Workload(config, "cpu" if config.runtime == "ray" else None)
     writer = results.metrics_writer(run_dir)
     monitor = Monitor(workload, experiment.correct_servers, config.steps, writer, on_row)
     summary: dict[str, Any] = {

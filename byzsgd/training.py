@@ -6,6 +6,8 @@ loss and a gradient. Each node (or Ray actor) builds its own from the config.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch.nn import functional as F
@@ -18,18 +20,39 @@ from byzsgd.registry import ConfigError
 EVAL_CHUNK = 4096  # test samples per forward pass when evaluating (bounds memory on large models)
 
 
+def actor_device(requested: str, gpu_ids: list[Any]) -> str:
+    """A Ray actor's device: the GPU Ray assigned it (Ray sets CUDA_VISIBLE_DEVICES to it, so it is
+    ``cuda:0`` inside the actor), else the CPU. An actor Ray gave no GPU never touches CUDA, even
+    on a GPU machine: Ray 2.60 does not hide the GPUs from it, and it would take the first one
+    outside Ray's accounting."""
+    return "cuda:0" if gpu_ids and requested != "cpu" else "cpu"
+
+
+def check_device(name: str) -> None:
+    """The driver's check before it writes anything: it evaluates on this device itself."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda: torch sees no CUDA device on this machine (use device: auto or cpu)")
+
+
+def check_driver_device(config: ExperimentConfig) -> None:
+    """In the in-process runtime the driver computes on ``config.device`` itself; on Ray it
+    evaluates on the CPU and the actors use the GPUs Ray assigns them (checked at start-up)."""
+    if config.runtime == "local":
+        check_device(config.device)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: cuda was requested but torch sees no CUDA device")
+    check_device(name.split(":")[0])  # cuda:0, the GPU Ray assigned an actor, needs CUDA too
     return torch.device(name)
 
 
 class Workload:
-    def __init__(self, config: ExperimentConfig) -> None:
+    def __init__(self, config: ExperimentConfig, device: str | None = None) -> None:
+        """``device`` overrides ``config.device`` (a Ray actor passes the one Ray assigned it)."""
         self.config = config
-        self.device = resolve_device(config.device)
+        self.device = resolve_device(device or config.device)
         data, model = config.data, config.model
         self.data = load_dataset(data.dataset, data.test_fraction, config.seed, data.root, data.params)
         torch.manual_seed(config.seed)  # every correct server starts from the same model

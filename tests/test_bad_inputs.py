@@ -13,6 +13,7 @@ import signal
 import time
 
 import pytest
+import torch
 
 from byzsgd import cli
 
@@ -48,6 +49,17 @@ BAD_SETTINGS = [
     (["ray.num_cpus=0"], "ray.num_cpus=0: must be at least 1"),
     (["ray.num_cpus_per_actor=0"], "ray.num_cpus_per_actor=0.0: must be positive"),
     (["ray.snapshot_timeout_s=0"], "ray.snapshot_timeout_s=0.0: must be positive"),
+    (["ray.start_timeout_s=0"], "ray.start_timeout_s=0.0: must be positive"),
+    (["ray.connect_timeout_s=-1"], "ray.connect_timeout_s=-1.0: must be positive"),
+    (["ray.num_gpus_per_actor=1.5"], "ray.num_gpus_per_actor=1.5: must be >= 0, and a whole number above 1"),
+    (
+        ["--runtime", "ray", "ray.num_cpus=2", "ray.num_cpus_per_actor=0.5"],
+        "ray.num_cpus_per_actor=0.5 x 12 actors needs 6 CPUs, but the local Ray gets ray.num_cpus=2",
+    ),
+    # sizes: an extra digit fails here, not as an out-of-memory later
+    (["nodes.n_w=99999999999"], "nodes.n_w=99999999999: must be at most 10000"),
+    (["nodes.n_ps=99999999999"], "nodes.n_ps=99999999999: must be at most 10000"),
+    (["model.hidden=99999999999"], "model.hidden=99999999999: must be at most 1000000"),
     # names and parameters of the components, built at load time
     (["protocol=nope"], "protocol: unknown protocol 'nope'"),
     (["optimizer.name=adam"], "optimizer: unknown optimizer 'adam'"),
@@ -69,6 +81,10 @@ BAD_SETTINGS = [
     (["server_attack={name: labelflip}"], "server_attack.name='labelflip': a worker attack"),
     (["server_attack.rotate_every=5"], "server_attack.rotate_every: only workers may rotate"),
     (["attack.ids=[0]", "attack.count=1"], "attack: give count or ids, not both"),
+    (
+        ["protocol=ps", "nodes.n_ps=1", "nodes.f_ps=0"],  # the default's server_attack would run on no server
+        "server_attack.name='signflip' with nodes.f_ps=0: no server may be Byzantine",
+    ),
     (["foo=1"], "foo: unknown key"),
     # the command line itself
     (["steps=[1"], "--set 'steps=[1': the value is not valid YAML"),
@@ -80,6 +96,8 @@ BAD_SETTINGS = [
     (["--address", "10.0.0.1:0"], "ray.address='10.0.0.1:0'"),
     (["--address", "http://10.0.0.1:8265"], "that is the dashboard (job submission) address"),
 ]
+if not torch.cuda.is_available():  # the driver evaluates on its device: checked before any folder exists
+    BAD_SETTINGS.append((["device=cuda"], "device=cuda: torch sees no CUDA device on this machine"))
 
 GOOD_ADDRESSES = ["auto", "local", "10.0.0.1:6379", "head-node.example.org:6379", "ray://10.0.0.1:10001", "[::1]:6379"]
 
@@ -144,7 +162,47 @@ def test_missing_config_file(tmp_path, capsys):
 def test_default_sections_may_stay_when_only_the_protocol_changes(capsys):
     # The embedded default has a byzsgd: section; switching protocol must not trip over it.
     assert cli.main(["config", "--set", "protocol=byzsgd-sync"]) == 0
-    assert cli.main(["config", "--set", "protocol=ps", "--set", "nodes.n_ps=1", "--set", "nodes.f_ps=0"]) == 0
+    one_server = ["--set", "protocol=ps", "--set", "nodes.n_ps=1", "--set", "nodes.f_ps=0"]
+    assert cli.main(["config", *one_server, "--set", "server_attack.name=none"]) == 0
+
+
+# Settings the chosen runtime or protocol does not use: a warning (a sweep or --runtime switches
+# them under one file), and the command still runs.
+IGNORED_SETTINGS = [
+    (["--runtime", "local", "--set", "ray.actors=3"], "ray.actors: not used with runtime: local"),
+    (["--runtime", "local", "--address", "auto"], "ray.address: not used with runtime: local"),
+    (
+        ["--set", "protocol=draco", "--set", "nodes={n_ps: 1, f_ps: 0, n_w: 10, f_w: 2}"]
+        + ["--set", "server_attack.name=none", "--set", "aggregator.name=median"],
+        "aggregator.name='median': not used by protocol 'draco'",
+    ),
+]
+
+
+@pytest.mark.parametrize(("arguments", "expected"), IGNORED_SETTINGS, ids=[e for _, e in IGNORED_SETTINGS])
+def test_a_setting_that_does_not_apply_is_a_one_line_warning(capsys, arguments, expected):
+    assert cli.main(["config", *arguments]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("byzsgd: warning: ") and expected in err and len(err.splitlines()) == 1, err
+
+
+def test_settings_that_apply_give_no_warning(capsys):
+    draco = ["--set", "protocol=draco", "--set", "nodes={n_ps: 1, f_ps: 0, n_w: 10, f_w: 2}"]
+    draco += ["--set", "server_attack.name=none"]
+    assert cli.main(["config", "--runtime", "ray", "--set", "ray.actors=3"]) == 0
+    assert cli.main(["config", *draco]) == 0  # the default aggregator: nothing chosen, nothing ignored
+    # an omniscient worker attack takes the aggregator as its target, so it is used
+    assert cli.main(["config", *draco, "--set", "aggregator.name=median", "--set", "attack={name: ipm}"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_a_sweep_warns_once_per_ignored_setting_and_still_plans(capsys):
+    from pathlib import Path
+
+    sweep = Path(__file__).parent.parent / "experiments" / "redundancy.yaml"  # one base aggregator for all
+    assert cli.main(["sweep", str(sweep), "--dry-run"]) == 0
+    warnings = capsys.readouterr().err.splitlines()
+    assert sorted(w.split("protocol ")[1].split(" ")[0] for w in warnings) == ["'draco'", "'solon'"], warnings
 
 
 # --- results: never mixed, never lost -----------------------------------------------------

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from byzsgd import __version__
-from byzsgd.cli import main, summary_table
+from byzsgd.cli import main
+from byzsgd.cli.console import summary_table
 from byzsgd.experiment import load_config
 from byzsgd.metrics import read_jsonl
 from byzsgd.registry import ConfigError

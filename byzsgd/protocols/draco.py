@@ -87,6 +87,7 @@ class CyclicScheme(Scheme):
 class Draco(CodedProtocol):
     name = "draco"
     options = DracoOptions
+    uses_aggregator = False  # the exact sum is decoded: no robust rule
 
     def make_scheme(self, config: ExperimentConfig, dimension: int) -> Scheme:
         n, s = config.nodes.n_w, config.nodes.f_w

@@ -69,6 +69,7 @@ def solon_load(config: ExperimentConfig) -> int:
 class Solon(CodedProtocol):
     name = "solon"
     options = SolonOptions
+    uses_aggregator = False  # the exact sum is decoded: no robust rule
 
     def make_scheme(self, config: ExperimentConfig, dimension: int) -> Scheme:
         options, nodes = config.options, config.nodes

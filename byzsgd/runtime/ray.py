@@ -13,14 +13,30 @@ shared by every call that carries it. A Byzantine node's attack runs in its shel
 only the node's own vector; an omniscient attack goes through the fault-injector actor, to which
 correct nodes of the attacked role also tap their outgoing payloads (fire and forget: a correct
 node never waits for the adversary). Actors are spread over the cluster's machines or packed
-onto few (``ray.placement``).
+onto few (``ray.placement``); those hosting a role of ``ray.gpu_roles`` request
+``ray.num_gpus_per_actor`` GPUs and compute on the one Ray assigns them, the others on the CPU.
+
+Payloads travel as float32 numpy vectors: Ray serializes them out of band, so a receiver on the
+sender's machine reads the object store's copy in place (a read-only view, never copied until a
+node stacks its quorum) and a receiver on another machine gets one copy per machine. Each actor
+counts what it copies (``put_bytes`` into the object store, ``inline_bytes`` serialized into
+calls) and what leaves its machine (``cross_node_bytes``): see :class:`Traffic`.
+
+Every call is checked (:mod:`byzsgd.runtime.auth`): ``deliver`` carries the calling actor's index
+and their pair's secret, and a message is accepted only from a sender that actor hosts; the
+control calls carry the driver's secret. Every wait is bounded: the address is probed before
+``ray.init`` (``ray.connect_timeout_s``), the actors must be up within ``ray.start_timeout_s``,
+each report within ``ray.snapshot_timeout_s``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import os
 import signal
+import socket
 import threading
 import zlib
 from collections import Counter, defaultdict
@@ -41,13 +57,22 @@ from byzsgd.messages import Message
 from byzsgd.metrics import Monitor
 from byzsgd.plugins import load_plugins
 from byzsgd.protocols.base import Node
-from byzsgd.training import Workload
+from byzsgd.registry import ConfigError
+from byzsgd.runtime.auth import ActorKeys, Gate, Header, draw_keys
+from byzsgd.training import Workload, actor_device
 
-__all__ = ["InjectorActor", "NodeActor", "Placement", "host_groups", "run_ray", "shipped", "start_ray"]
-
-# What a batched call carries per message: sender, receiver, kind, round, index of its payload,
-# and its lead (when it is due, relative to the sender's clock: see Mailbox).
-Header = tuple[str, str, str, int, int, float]
+__all__ = [
+    "InjectorActor",
+    "NodeActor",
+    "Placement",
+    "Traffic",
+    "check_cluster_gpus",
+    "gpu_groups",
+    "host_groups",
+    "run_ray",
+    "shipped",
+    "start_ray",
+]
 
 
 def _setup_process(config: ExperimentConfig) -> None:
@@ -86,15 +111,20 @@ class InjectorActor:
 @ray.remote
 class NodeActor:
     """Hosts ``node_ids`` of the driver's plan; ``adversary`` is the injector actor when an
-    omniscient attack runs."""
+    omniscient attack runs; ``driver_secret`` is what the driver's control calls carry."""
 
-    def __init__(self, experiment: Experiment, node_ids: list[str], adversary: Any = None) -> None:
+    def __init__(
+        self, experiment: Experiment, node_ids: list[str], adversary: Any = None, driver_secret: bytes = b""
+    ) -> None:
         load_plugins(experiment.config.plugins)  # the user's registered rules and attacks exist here too
         config = experiment.config
         _setup_process(config)
         # Attacks that need only the node's own vector run here: no round trip to the adversary.
         injector = FaultInjector(experiment)
-        workload = Workload(config)  # one per process: its nodes share the data and the model's buffers
+        self.device = actor_device(config.device, ray.get_gpu_ids())
+        self.ray_node = ray.get_runtime_context().get_node_id()
+        # One per process: its nodes share the data and the model's buffers.
+        workload = Workload(config, self.device)
         self.nodes: dict[str, Node] = experiment.make_nodes(node_ids, lambda n: injector.workload_for(n, workload))
         self.adversary = adversary
         omniscient = {n for n in node_ids if injector.role(n).attack.omniscient}
@@ -114,35 +144,71 @@ class NodeActor:
         self.hosts: list[Any] = []
         self.home: dict[str, int] = {}
         self.index = -1
+        self.gate = Gate(driver_secret)
+        self.pair_secrets: dict[int, bytes] = {}
         self.ray_calls = 0
+        self.traffic = Traffic()
         self.snapshots: dict[tuple[str, int], np.ndarray] = {}
         self.waiters: dict[tuple[str, int], asyncio.Future] = {}
 
-    def connect(self, hosts: list[Any], home: dict[str, int], index: int) -> None:
-        """Every actor's handle, which actor hosts each node, and this actor's own index."""
-        self.hosts, self.home, self.index = hosts, home, index
+    # Control calls answer only the driver: each carries this actor's driver secret.
 
-    async def start(self) -> None:
+    def where(self, token: bytes) -> dict[str, str]:
+        """The Ray node (machine) this actor runs on and the device its nodes compute on."""
+        self._check_driver(token)
+        return {"ray_node": self.ray_node, "device": self.device}
+
+    def _check_driver(self, token: Any) -> None:
+        if not self.gate.from_driver(token):
+            raise PermissionError("not the driver: a control call without this actor's driver secret")
+
+    def connect(
+        self,
+        token: bytes,
+        hosts: list[Any],
+        home: dict[str, int],
+        keys: ActorKeys,
+        ray_nodes: list[str] | None = None,
+    ) -> None:
+        """Every actor's handle, which actor hosts each node, this actor's secrets, and the Ray
+        node each actor runs on (to count the bytes that leave this machine; default: this one)."""
+        self._check_driver(token)
+        self.hosts, self.home, self.index = hosts, home, keys.index
+        self.pair_secrets = dict(keys.pairs)
+        self.gate.connect(keys, home)
+        self.traffic.place(self.ray_node, ray_nodes or [self.ray_node] * len(hosts))
+
+    async def start(self, token: bytes) -> None:
+        self._check_driver(token)
         for node_id, node in self.nodes.items():
             self._route(node_id, node.start())
             self._take_reports(node)
         self._pump()
 
-    async def deliver(self, headers: list[Header], *payloads: np.ndarray) -> None:
-        for sender, receiver, kind, round_, index, lead in headers:
+    async def deliver(self, caller: int, token: bytes, headers: list[Header], *payloads: np.ndarray) -> None:
+        """Messages from actor ``caller``: only those from a node it hosts, to a node hosted here,
+        are queued (the rest are counted by the gate); a bad call never raises here."""
+        for sender, receiver, kind, round_, index, lead in self.gate.admit(caller, token, headers, len(payloads)):
             self.queue.put(Message(sender, receiver, kind, round_, payloads[index]), lead)
         self._pump()
 
-    async def report(self, node_id: str, step: int) -> np.ndarray:
+    async def report(self, token: bytes, node_id: str, step: int) -> np.ndarray:
         """Server ``node_id``'s model after ``step``, as soon as it gets there."""
+        self._check_driver(token)
         if (node_id, step) in self.snapshots:
             return self.snapshots.pop((node_id, step))
         waiter = self.waiters[node_id, step] = asyncio.get_running_loop().create_future()
         return await waiter
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, token: bytes) -> dict[str, Any]:
+        self._check_driver(token)
         nodes = {node_id: {"rejected": dict(node.rejected), "step": node.step} for node_id, node in self.nodes.items()}
-        return {"sent": {**self.bus.sent, "ray_calls": self.ray_calls}, "nodes": nodes}
+        return {
+            "sent": {**self.bus.sent, "ray_calls": self.ray_calls},
+            "traffic": dict(self.traffic.counts),
+            "nodes": nodes,
+            "gate": dict(self.gate.rejected),
+        }
 
     def _pump(self) -> None:
         """Run every queued message through its node, then send what is bound for other actors."""
@@ -170,6 +236,7 @@ class NodeActor:
         if not outgoing:
             return
         if sender in self.tapped:
+            self.traffic.call({id(m.payload): m.payload for m in outgoing}.values())
             self.adversary.observe.remote(outgoing)
         if sender in self.colluding:
             # The adversary may wait for this round's correct vectors, some perhaps queued here:
@@ -204,8 +271,10 @@ class NodeActor:
 
     def _flush(self) -> None:
         shipments: dict[int, Any] = {}  # a broadcast's payload is one object: one ray.put at most
+        calls: list[tuple[int, list[Any]]] = []
         for host, messages in self.outbox.items():
             payloads: list[Any] = []
+            distinct: list[Any] = []
             slot: dict[int, int] = {}
             headers: list[Header] = []
             for message, due in messages:
@@ -215,10 +284,13 @@ class NodeActor:
                         shipments[key] = shipped(message.payload)
                     slot[key] = len(payloads)
                     payloads.append(shipments[key])
+                    distinct.append(message.payload)
                 lead = self.queue.lead(due)
                 headers.append((message.sender, message.receiver, message.kind, message.round, slot[key], lead))
-            self.hosts[host].deliver.remote(headers, *payloads)
+            self.hosts[host].deliver.remote(self.index, self.pair_secrets[host], headers, *payloads)
+            calls.append((host, distinct))
             self.ray_calls += 1
+        self.traffic.flush(calls)
         self.outbox.clear()
 
 
@@ -229,7 +301,60 @@ def shipped(payload: np.ndarray) -> Any:
     """What a call carries for ``payload``: a small one inline (half the cost of a trip through
     the object store, measured), a large one as a single ``ray.put`` that every receiver of a
     broadcast shares."""
-    return payload if getattr(payload, "nbytes", 0) < INLINE_PAYLOAD_BYTES else ray.put(payload)
+    return payload if nbytes(payload) < INLINE_PAYLOAD_BYTES else ray.put(payload)
+
+
+def nbytes(payload: Any) -> int:
+    return getattr(payload, "nbytes", 0)  # a Byzantine payload may be anything
+
+
+class Traffic:
+    """What an actor's sends copy, and what leaves its machine, in payload bytes (headers, a few
+    dozen bytes a message, are not counted):
+
+    * ``put_bytes``: copied into the object store, once per shipped payload (a broadcast's
+      receivers share the copy; on the sender's machine they read it in place);
+    * ``inline_bytes``: serialized into the calls, once per call that carries the payload (and
+      copied out again by the receiver);
+    * ``cross_node_bytes``: sent to actors on other Ray nodes: an inline payload once per call,
+      an object once per receiving machine (Ray's object manager pulls it there once, however
+      many of that machine's actors read it).
+    """
+
+    def __init__(self, ray_node: str = "", ray_nodes: list[str] | None = None) -> None:
+        self.counts: Counter[str] = Counter()
+        self.place(ray_node, ray_nodes or [])
+
+    def place(self, ray_node: str, ray_nodes: list[str]) -> None:
+        """This actor's Ray node, and the Ray node of every actor (by host index)."""
+        self.ray_node, self.ray_nodes = ray_node, ray_nodes
+
+    def flush(self, calls: list[tuple[int, list[Any]]]) -> None:
+        """One flush: each call's receiving actor and the distinct payloads it carries (shipped as
+        :func:`shipped` does: inline below ``INLINE_PAYLOAD_BYTES``, else one object)."""
+        stored: set[int] = set()
+        pulled: set[tuple[int, str]] = set()
+        for host, payloads in calls:
+            machine = self.ray_nodes[host]
+            remote = machine != self.ray_node
+            for payload in payloads:
+                size = nbytes(payload)
+                if size < INLINE_PAYLOAD_BYTES:
+                    self.counts["inline_bytes"] += size
+                    self.counts["cross_node_bytes"] += size * remote
+                    continue
+                if id(payload) not in stored:
+                    stored.add(id(payload))
+                    self.counts["put_bytes"] += size
+                if remote and (id(payload), machine) not in pulled:
+                    pulled.add((id(payload), machine))
+                    self.counts["cross_node_bytes"] += size
+
+    def call(self, payloads: Any) -> None:
+        """A call whose arguments hold ``payloads`` (the adversary's tap): one copy of them all,
+        inline, or into the object store as one object when they are large together."""
+        size = sum(nbytes(p) for p in payloads)
+        self.counts["inline_bytes" if size < INLINE_PAYLOAD_BYTES else "put_bytes"] += size
 
 
 def start_ray(config: ExperimentConfig) -> bool:
@@ -243,7 +368,9 @@ def start_ray(config: ExperimentConfig) -> bool:
     # turns SIGTERM into an exception, so the run records how it ended and shuts Ray down) wins.
     caller_sigterm = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     if address:
-        ray.init(address=address, log_to_driver=True)
+        source = "ray.address" if config.ray.address else "RAY_ADDRESS"
+        probe_address(address, config.ray.connect_timeout_s, source)
+        join_cluster(address, config.ray.start_timeout_s, source)
     else:
         ray.init(
             num_cpus=config.ray.num_cpus,
@@ -256,35 +383,134 @@ def start_ray(config: ExperimentConfig) -> bool:
     return True
 
 
+def join_cluster(address: str, timeout_s: float, source: str) -> None:
+    """``ray.init(address)``, given at most ``timeout_s``: something that answers at the
+    address but is not a Ray head (a dashboard's port, another service) makes it retry for
+    minutes. It runs in a daemon thread, left behind when it hangs (the command then ends)."""
+    outcome: dict[str, BaseException] = {}
+
+    def connect() -> None:
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except BaseException as error:  # noqa: BLE001 - handed to the caller's thread
+            outcome["error"] = error
+
+    quiet = _NoSigtermWarning()
+    worker_log = logging.getLogger("ray._private.worker")
+    worker_log.addFilter(quiet)  # the caller's SIGTERM handler is kept anyway (see start_ray)
+    try:
+        thread = threading.Thread(target=connect, name="ray-init", daemon=True)
+        thread.start()
+        thread.join(timeout_s)
+    finally:
+        worker_log.removeFilter(quiet)
+    if thread.is_alive():
+        raise UnreachableClusterError(
+            f"something answers there but ray.init did not join a cluster within ray.start_timeout_s={timeout_s:g} s "
+            f"({source}: is it a head's GCS port, 6379 by default? 8265 is the dashboard: submit a job instead)"
+        )
+    if "error" in outcome:
+        raise outcome["error"]
+
+
+class _NoSigtermWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
+
+
+class UnreachableClusterError(ConnectionError):
+    """Nothing answers at the Ray address (ray.init would retry for minutes)."""
+
+
+def probe_address(address: str, timeout_s: float, source: str = "ray.address") -> None:
+    """Fail fast when nothing listens at ``HOST:PORT`` or ``ray://HOST:PORT`` (``auto`` is
+    resolved by Ray from this machine's running cluster, and fails fast by itself)."""
+    target = address.removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    host = host.strip("[]")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return
+    except TimeoutError:
+        reason = f"no answer within {timeout_s:g} s (ray.connect_timeout_s)"
+    except socket.gaierror:
+        reason = f"unknown host {host!r}"
+    except OSError as error:
+        reason = (error.strerror or type(error).__name__).lower()
+    raise UnreachableClusterError(
+        f"nothing answers there ({source}: {reason}); start a cluster there (ray start --head --port={port}) "
+        f"or fix {source} (a head's HOST:6379, ray://HOST:10001, or unset it to start a local Ray)"
+    )
+
+
 def report_steps(config: ExperimentConfig) -> list[int]:
     return sorted(set(range(0, config.steps, config.eval_every)) | {config.steps})
 
 
+def gpu_groups(experiment: Experiment) -> list[bool]:
+    """Which actor groups request GPUs: those hosting a node of a role in ``ray.gpu_roles``."""
+    config = experiment.config
+    if not config.ray.num_gpus_per_actor:
+        return [False] * len(experiment.groups)
+    roles = {"servers": set(experiment.servers), "workers": set(experiment.workers)}
+    wanted = set().union(*(roles[role] for role in config.ray.gpu_roles))
+    return [any(node in wanted for node in group) for group in experiment.groups]
+
+
+def check_cluster_gpus(config: ExperimentConfig, gpu_actors: int, resources: dict[str, float]) -> None:
+    """Refuse at start-up a run whose GPU actors the cluster (``ray.cluster_resources()``) cannot
+    place: Ray would wait for them forever."""
+    per_actor = config.ray.num_gpus_per_actor
+    if not gpu_actors or not per_actor:
+        return
+    gpus = resources.get("GPU", 0)
+    if not gpus:
+        raise ConfigError(
+            f"ray.num_gpus_per_actor={per_actor}: the Ray cluster has no GPU (CPU: {resources.get('CPU', 0):g}); "
+            "set it to 0 to run every actor on the CPU"
+        )
+    # A fractional share never spans two GPUs: each holds floor(1 / share) actors.
+    capacity = math.floor(gpus) * math.floor(1 / per_actor + 1e-9) if per_actor <= 1 else gpus // per_actor
+    if gpu_actors > capacity:
+        raise ConfigError(
+            f"ray.num_gpus_per_actor={per_actor}: {gpu_actors} actors of ray.gpu_roles={config.ray.gpu_roles} "
+            f"need GPUs, the cluster's {gpus:g} GPU hold {capacity:g} of them "
+            "(lower ray.num_gpus_per_actor, use ray.actors, or add GPUs)"
+        )
+
+
 class Placement:
     """Where the actors go (``ray.placement``): Ray's SPREAD strategy, or one PACK placement
-    group with a bundle per actor."""
+    group with a bundle per actor. An actor hosting a role of ``ray.gpu_roles`` also requests
+    ``ray.num_gpus_per_actor`` GPUs, so Ray puts it on a machine with a GPU and assigns it one."""
 
-    def __init__(self, config: ExperimentConfig, count: int) -> None:
+    def __init__(self, config: ExperimentConfig, gpu_flags: list[bool]) -> None:
         self.cpus = config.ray.num_cpus_per_actor
+        self.gpus = config.ray.num_gpus_per_actor
         self.group = None
         self.next_bundle = 0
         if config.ray.placement == "pack":
-            self.group = placement_group([{"CPU": self.cpus}] * count, strategy="PACK")
+            bundles = [{"CPU": self.cpus, **({"GPU": self.gpus} if gpu else {})} for gpu in gpu_flags]
+            self.group = placement_group(bundles, strategy="PACK")
             try:
                 ray.get(self.group.ready(), timeout=config.ray.snapshot_timeout_s)
             except GetTimeoutError:
                 raise StalledError(
-                    f"ray.placement=pack: the cluster did not grant {count} bundles of {self.cpus} CPU "
+                    f"ray.placement=pack: the cluster did not grant {len(bundles)} bundles of {self.cpus} CPU "
                     f"within {config.ray.snapshot_timeout_s} s (lower ray.num_cpus_per_actor or add nodes)"
                 ) from None
 
-    def options(self) -> dict[str, Any]:
-        """``.options(...)`` of the next actor."""
+    def options(self, gpu: bool = False) -> dict[str, Any]:
+        """``.options(...)`` of the next actor (``gpu``: it hosts a role of ``ray.gpu_roles``;
+        with a placement group, actors must be created in the order of ``gpu_flags``)."""
+        resources = {"num_cpus": self.cpus, "num_gpus": self.gpus if gpu else 0}
         if self.group is None:
-            return {"num_cpus": self.cpus, "scheduling_strategy": "SPREAD"}
+            return {**resources, "scheduling_strategy": "SPREAD"}
         index, self.next_bundle = self.next_bundle, self.next_bundle + 1
         strategy = PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=index)
-        return {"num_cpus": self.cpus, "scheduling_strategy": strategy}
+        return {**resources, "scheduling_strategy": strategy}
 
     def release(self) -> None:
         if self.group is not None:
@@ -303,15 +529,29 @@ def run_ray(experiment: Experiment, monitor: Monitor) -> dict[str, Any]:
     _setup_process(config)
     try:
         omniscient = needs_adversary(experiment)
-        placement = Placement(config, len(groups) + omniscient)
+        gpu_flags = gpu_groups(experiment)
+        check_cluster_gpus(config, sum(gpu_flags), ray.cluster_resources())
+        placement = Placement(config, [False] * omniscient + gpu_flags)  # the adversary computes on the CPU
         plan = ray.put(experiment)  # one copy in the object store, whatever the number of actors
+        keys = draw_keys(len(groups))  # fresh per run: an actor of an earlier run knows none of them
         adversary = InjectorActor.options(**placement.options()).remote(plan) if omniscient else None
-        for group in groups:
-            hosts.append(NodeActor.options(**placement.options()).remote(plan, group, adversary))
-        ray.get([host.connect.remote(hosts, home, index) for index, host in enumerate(hosts)])
-        ray.get([host.start.remote() for host in hosts])
-        collect_reports(experiment, monitor, hosts, home)
-        return {"actors": len(hosts) + (adversary is not None)}
+        for group, own, gpu in zip(groups, keys, gpu_flags, strict=True):
+            hosts.append(NodeActor.options(**placement.options(gpu)).remote(plan, group, adversary, own.driver))
+        located = [host.where.remote(own.driver) for host, own in zip(hosts, keys)]
+        if adversary is not None:
+            located.append(adversary.__ray_ready__.remote())  # Ray's own: the actor is up
+        wait_for_actors(config, located, len(hosts) + omniscient)
+        where = ray.get(located[: len(hosts)])
+        ray_nodes = [w["ray_node"] for w in where]
+        ray.get([host.connect.remote(own.driver, hosts, home, own, ray_nodes) for host, own in zip(hosts, keys)])
+        ray.get([host.start.remote(own.driver) for host, own in zip(hosts, keys)])
+        traffic = collect_reports(experiment, monitor, hosts, home, keys)
+        return {
+            "actors": len(hosts) + (adversary is not None),
+            "devices": {node: where[home[node]]["device"] for node in experiment.node_ids},
+            "ray_nodes": {node: ray_nodes[home[node]] for node in experiment.node_ids},
+            **{f"{name}_per_step": round(traffic[name] / config.steps) for name in TRAFFIC_COUNTERS},
+        }
     finally:
         for actor in [*hosts, *([adversary] if adversary is not None else [])]:
             ray.kill(actor)  # a sweep runs many experiments in one driver: leave no actor behind
@@ -322,13 +562,37 @@ def run_ray(experiment: Experiment, monitor: Monitor) -> dict[str, Any]:
         torch.set_num_threads(driver_threads)
 
 
-def collect_reports(experiment: Experiment, monitor: Monitor, hosts: list[Any], home: dict[str, int]) -> None:
-    """Fetch every correct server's model at each reported step and feed the monitor."""
+def wait_for_actors(config: ExperimentConfig, refs: list[Any], count: int) -> None:
+    """Wait (at most ``ray.start_timeout_s``) until every actor is scheduled and built: Ray
+    queues an actor the cluster has no room for, without a word, for ever."""
+    try:
+        ray.get(refs, timeout=config.ray.start_timeout_s)
+    except GetTimeoutError:
+        total, free = ray.cluster_resources(), ray.available_resources()
+        raise StalledError(
+            f"the {count} actors were not all up within ray.start_timeout_s={config.ray.start_timeout_s:g} s: "
+            f"they request ray.num_cpus_per_actor={config.ray.num_cpus_per_actor} CPU each "
+            f"({count * config.ray.num_cpus_per_actor:g} in all); the cluster has {total.get('CPU', 0):g} CPUs, "
+            f"{free.get('CPU', 0):g} free (lower ray.num_cpus_per_actor, set ray.actors, add nodes, or raise "
+            "ray.start_timeout_s if the cluster is only slow to start them)"
+        ) from None
+
+
+def collect_reports(
+    experiment: Experiment, monitor: Monitor, hosts: list[Any], home: dict[str, int], keys: list[ActorKeys]
+) -> Counter[str]:
+    """Fetch every correct server's model at each reported step and feed the monitor; returns
+    the actors' :class:`Traffic` counts at the last step."""
     config, roster = experiment.config, experiment.roster
+    tokens = [own.driver for own in keys]
+    traffic: Counter[str] = Counter()
     for step in report_steps(config):
         if not monitor.live_servers:
             raise StalledError("every correct server has crashed")
-        refs = {server: hosts[home[server]].report.remote(server, step) for server in monitor.live_servers}
+        refs = {
+            server: hosts[home[server]].report.remote(tokens[home[server]], server, step)
+            for server in monitor.live_servers
+        }
         models = {}
         for server, ref in refs.items():
             try:
@@ -338,21 +602,28 @@ def collect_reports(experiment: Experiment, monitor: Monitor, hosts: list[Any], 
             except GetTimeoutError:
                 raise StalledError(
                     f"server {server} did not reach step {step} within {config.ray.snapshot_timeout_s} s "
-                    f"(server steps: {server_steps(hosts, monitor.servers)})"
+                    f"(server steps: {server_steps(hosts, tokens, monitor.servers)})"
                 ) from None
-        stats = host_stats(hosts)
+        stats = host_stats(hosts, tokens)
+        rejections = [node["rejected"] for s in stats for n, node in s["nodes"].items() if not roster.is_byzantine(n)]
         counters = counters_row(
             sum((Counter(s["sent"]) for s in stats), Counter()),
-            (node["rejected"] for s in stats for n, node in s["nodes"].items() if not roster.is_byzantine(n)),
+            rejections + [s["gate"] for s in stats],  # calls every actor's shell refused
         )
+        traffic = sum((Counter(s["traffic"]) for s in stats), Counter())
+        counters.update({name: traffic[name] for name in TRAFFIC_COUNTERS})
         monitor.counters = lambda counters=counters: counters
         for server, vector in models.items():
             monitor.report(server, step, vector)
+    return traffic
 
 
-def host_stats(hosts: list[Any]) -> list[dict[str, Any]]:
+TRAFFIC_COUNTERS = ("put_bytes", "inline_bytes", "cross_node_bytes")
+
+
+def host_stats(hosts: list[Any], tokens: list[bytes]) -> list[dict[str, Any]]:
     """Counters of every live actor (a crashed one has none to give)."""
-    refs = [host.stats.remote() for host in hosts]
+    refs = [host.stats.remote(token) for host, token in zip(hosts, tokens)]
     stats = []
     for ref in refs:
         try:
@@ -362,5 +633,5 @@ def host_stats(hosts: list[Any]) -> list[dict[str, Any]]:
     return stats
 
 
-def server_steps(hosts: list[Any], servers: list[str]) -> dict[str, int]:
-    return {n: node["step"] for s in host_stats(hosts) for n, node in s["nodes"].items() if n in servers}
+def server_steps(hosts: list[Any], tokens: list[bytes], servers: list[str]) -> dict[str, int]:
+    return {n: node["step"] for s in host_stats(hosts, tokens) for n, node in s["nodes"].items() if n in servers}

@@ -1,10 +1,21 @@
 """Sweep execution: every unfinished run, one at a time, in a pool of processes (in-process
-runtime) or in driver threads sharing one Ray connection (Ray runtime)."""
+runtime) or in driver threads sharing one Ray connection (Ray runtime).
+
+A sweep's processes die with it: SIGTERM is turned into an interruption like Ctrl-C (queued runs
+never start, running ones are interrupted and record it, stragglers are terminated), and each pool
+process watches the sweep's process and stops when it is gone (even killed with SIGKILL). Only
+one sweep at a time works in a sweep folder (a lock file), so a rerun never races a sweep that
+is still running there.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import multiprocessing
+import multiprocessing.connection
+import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -23,6 +34,53 @@ from byzsgd.sweep.plan import PlannedRun, SweepPlan
 from byzsgd.sweep.state import SweepOutcome, write_plan, write_results
 
 NOT_STARTED = "not started"  # what a queued run returns once the sweep is stopping
+LOCK_FILE = ".sweep.lock"  # in a sweep folder, locked while a sweep runs there
+GRACE_S = 5.0  # how long an interrupted run has to record that it was interrupted
+
+
+class SweepTerminated(KeyboardInterrupt):
+    """SIGTERM to the sweep, raised in its main thread: the sweep stops as on Ctrl-C."""
+
+
+@contextmanager
+def terminate_like_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`SweepTerminated` in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_terminated(signum: int, frame: Any) -> None:
+        raise SweepTerminated(f"terminated by signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def sweep_lock(out_dir: Path) -> Iterator[None]:
+    """Hold the sweep folder's lock (released by the kernel when this process ends, however)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with (out_dir / LOCK_FILE).open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            raise ConfigError(
+                f"{out_dir}: another sweep is running in this folder (pid {holder}); wait for it to end "
+                "or stop it, then rerun to resume"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def run_info(run: PlannedRun) -> dict[str, Any]:
@@ -42,35 +100,69 @@ def execute_run(
     from byzsgd.runner import run_experiment
 
     path = Path(run_dir)
-    path.mkdir(parents=True, exist_ok=True)
-    results.clear_run(path)  # a rerun starts clean: the metrics file is appended to
-    results.write_run_info(path, info)
     try:
+        prepare_run_dir(path, info)
         run_experiment(config, path, on_row=on_row)
         return "finished", ""
     except Exception as error:  # noqa: BLE001 - a failed run is a result, not a crash of the sweep
         message = "".join(traceback.format_exception_only(error)).strip()
-        path.mkdir(parents=True, exist_ok=True)
-        results.write_traceback(path)
-        summary = results.read_summary(path)
-        if summary is None or summary.get("status") != "failed":  # failed before the runner wrote one
-            results.write_summary(path, {"name": config.name, "status": "failed", "error": message})
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            results.write_traceback(path)
+            summary = results.read_summary(path)
+            if summary is None or summary.get("status") != "failed":  # failed before the runner wrote one
+                results.write_summary(path, {"name": config.name, "status": "failed", "error": message})
+        except OSError as unwritable:  # the sweep still goes on, and the table says why
+            message += f" (its folder cannot record it: {unwritable})"
         return "failed", message
+
+
+def prepare_run_dir(path: Path, info: dict[str, Any]) -> None:
+    """A clean folder for a (re)run: whatever an earlier attempt left, however corrupt (a file
+    where the folder belongs, a folder where a file belongs), goes."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        path.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+    results.clear_run(path)  # the metrics file is appended to
+    results.write_run_info(path, info)
 
 
 _events: Any = None  # the progress queue of a pool process
 _stop: Any = None  # set by the sweep on Ctrl-C: queued runs must not start
+_running = False  # whether this pool process is running a run (SIGINT interrupts it) or idle
 
 
 def _init_pool_process(events: Any, stop: Any) -> None:
     global _events, _stop
     _events, _stop = events, stop
+    signal.signal(signal.SIGINT, _on_interrupt)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with_parent, args=(parent.sentinel,), daemon=True).start()
     import torch
 
     torch.set_num_threads(1)  # several runs share the cores: one thread each avoids oversubscription
 
 
+def _on_interrupt(signum: int, frame: Any) -> None:
+    """A run is interrupted (it records so in its summary); an idle process just ends."""
+    if _running:
+        raise KeyboardInterrupt
+    os._exit(128 + signum)
+
+
+def _exit_with_parent(sentinel: int) -> None:
+    """Stop this pool process once the sweep is gone, however it died: its run is interrupted
+    (and says so), then the process ends, rather than run the queue and hang."""
+    multiprocessing.connection.wait([sentinel])
+    _stop.set()  # the runs already queued to this process must not start
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(GRACE_S)
+    os._exit(1)
+
+
 def _execute_in_pool(config: ExperimentConfig, run_dir: str, info: dict[str, Any]) -> tuple[str, str]:
+    global _running
     from byzsgd.plugins import load_plugins
 
     load_plugins(config.plugins)  # the user's registered rules and attacks exist here too
@@ -78,15 +170,20 @@ def _execute_in_pool(config: ExperimentConfig, run_dir: str, info: dict[str, Any
         return NOT_STARTED, ""
     run_id = info["run_id"]
     _events.put(("start", run_id, 0, None))
-    return execute_run(
-        config, run_dir, info, lambda row: _events.put(("row", run_id, row["step"], row.get("test_acc")))
-    )
+    _running = True
+    try:
+        return execute_run(
+            config, run_dir, info, lambda row: _events.put(("row", run_id, row["step"], row.get("test_acc")))
+        )
+    finally:
+        _running = False
 
 
 class Progress:
     """A tqdm bar for the sweep and one per run in flight (stderr) on a terminal; off a terminal
     (job logs, CI) plain lines on stdout: each run's start, evaluated steps and end. Quiet: only
-    failures."""
+    failures. The bars are drawn from a run's first evaluated step (or the first finished run),
+    after Ray has started and printed its own warnings, as ``byzsgd run`` does."""
 
     def __init__(self, total: int, quiet: bool) -> None:
         from tqdm import tqdm
@@ -95,32 +192,31 @@ class Progress:
         self.quiet = quiet
         self.plain = not quiet and not sys.stdout.isatty()
         self.total, self.done = total, 0
-        self.sweep = tqdm(
-            total=total, desc="sweep", unit="run", disable=quiet or self.plain, file=sys.stderr, position=0
-        )
+        self.sweep: Any = None
         self.bars: dict[str, Any] = {}
         self.positions: dict[str, int] = {}
         self.steps: dict[str, int] = {}
 
+    def _sweep_bar(self) -> Any:
+        if self.sweep is None:
+            self.sweep = self._tqdm(
+                total=self.total,
+                desc="sweep",
+                unit="run",
+                disable=self.quiet or self.plain,
+                file=sys.stderr,
+                position=0,
+            )
+        return self.sweep
+
     def start(self, run: PlannedRun) -> None:
+        if run.run_id in self.steps:
+            return
+        self.steps[run.run_id] = run.config.steps
         if self.plain:
-            if run.run_id not in self.steps:
-                self.steps[run.run_id] = run.config.steps
-                print(f"[{run.run_id}] started", flush=True)
+            print(f"[{run.run_id}] started", flush=True)
             return
-        if run.run_id in self.bars:
-            return
-        position = min(set(range(1, len(self.positions) + 2)) - set(self.positions.values()))
-        self.positions[run.run_id] = position
-        self.bars[run.run_id] = self._tqdm(
-            total=run.config.steps,
-            desc=run.run_id[:40],
-            unit="step",
-            leave=False,
-            disable=self.quiet,
-            file=sys.stderr,
-            position=position,
-        )
+        self.positions[run.run_id] = min(set(range(1, len(self.positions) + 2)) - set(self.positions.values()))
 
     def row(self, run_id: str, step: int, accuracy: float | None) -> None:
         if self.plain:
@@ -128,6 +224,17 @@ class Progress:
             print(f"[{run_id}] step {step}/{self.steps.get(run_id, '?')}  acc={acc}", flush=True)
             return
         bar = self.bars.get(run_id)
+        if bar is None and run_id in self.positions:
+            self._sweep_bar()
+            bar = self.bars[run_id] = self._tqdm(
+                total=self.steps[run_id],
+                desc=run_id[:40],
+                unit="step",
+                leave=False,
+                disable=self.quiet,
+                file=sys.stderr,
+                position=self.positions[run_id],
+            )
         if bar is not None:
             if accuracy is not None:
                 bar.set_postfix(acc=f"{accuracy:.3f}", refresh=False)
@@ -138,17 +245,24 @@ class Progress:
         self.positions.pop(run.run_id, None)
         if bar is not None:
             bar.close()
-        self.sweep.update(1)
+        self._sweep_bar().update(1)
         self.done += 1
         if self.plain:
             print(f"[{run.run_id}] {status} ({self.done}/{self.total} runs done)", flush=True)
         if status != "finished":
             self._tqdm.write(f"run {run.run_id} failed: {error.splitlines()[-1] if error else status}", file=sys.stderr)
 
+    def clear(self) -> None:
+        """Take the bars off the screen (the next update redraws them): Ray is about to print."""
+        for bar in [self.sweep, *self.bars.values()]:
+            if bar is not None:
+                bar.clear()
+
     def close(self) -> None:
         for bar in self.bars.values():
             bar.close()
-        self.sweep.close()
+        if self.sweep is not None:
+            self.sweep.close()
 
 
 def run_sweep(plan: SweepPlan, parallel: int = 1, quiet: bool = False) -> SweepOutcome:
@@ -163,6 +277,11 @@ def run_sweep(plan: SweepPlan, parallel: int = 1, quiet: bool = False) -> SweepO
     """
     if parallel < 1:
         raise ConfigError(f"--parallel={parallel}: must be at least 1")
+    with sweep_lock(plan.out_dir), terminate_like_interrupt():
+        return run_locked(plan, parallel, quiet)
+
+
+def run_locked(plan: SweepPlan, parallel: int, quiet: bool) -> SweepOutcome:
     write_plan(plan)
     outcome = SweepOutcome(plan)
     todo = []
@@ -189,6 +308,7 @@ def run_sweep(plan: SweepPlan, parallel: int = 1, quiet: bool = False) -> SweepO
             else:
                 run_in_processes(plan, local_runs, parallel, progress, record)
         if ray_runs:
+            progress.clear()  # a mixed sweep's local runs drew the bars already
             with ray_connection(ray_runs[0].config):
                 if parallel == 1:
                     run_serially(plan, ray_runs, progress, record)
@@ -260,8 +380,9 @@ def run_in_processes(
                 for r in remaining
             }
             lost = drain(futures, progress, record, events, started)
-        except BaseException:
-            stop_pool(pool, stop)
+        except BaseException as error:
+            # Ctrl-C at a terminal reached the pool's processes too; anything else did not.
+            stop_pool(pool, stop, interrupt=type(error) is not KeyboardInterrupt)
             raise
         pool.shutdown(wait=True)
         # A pool process that died (out of memory, killed) breaks the pool: the runs it was
@@ -272,19 +393,31 @@ def run_in_processes(
         remaining = [r for r in lost if r.run_id not in started]
 
 
-def stop_pool(pool: ProcessPoolExecutor, stop: Any, grace_s: float = 5.0) -> None:
-    """On Ctrl-C: no queued run starts; running ones (interrupted by the same Ctrl-C) get a
-    moment to write their summaries, then any pool process still alive is terminated, so the
-    sweep exits now rather than after a run that was already handed to a process."""
+def stop_pool(pool: ProcessPoolExecutor, stop: Any, interrupt: bool = True, grace_s: float = GRACE_S) -> None:
+    """On Ctrl-C or SIGTERM: no queued run starts; running ones are interrupted (``interrupt``:
+    a SIGINT each, unless a Ctrl-C at the terminal already reached them) and get a moment to
+    write their summaries, then any pool process still alive is killed, so the sweep exits now
+    and leaves no process behind."""
     stop.set()
     # ProcessPoolExecutor has no public way to stop its processes before Python 3.14.
     processes = list((getattr(pool, "_processes", None) or {}).values())
     pool.shutdown(wait=False, cancel_futures=True)
+    if interrupt:
+        for process in processes:
+            if process.is_alive() and process.pid is not None:
+                try:
+                    os.kill(process.pid, signal.SIGINT)
+                except ProcessLookupError:
+                    pass
     deadline = time.monotonic() + grace_s
     for process in processes:
         process.join(max(0.0, deadline - time.monotonic()))
         if process.is_alive():
             process.terminate()
+            process.join(1.0)
+        if process.is_alive():
+            process.kill()
+            process.join(1.0)
 
 
 def drain(
@@ -308,6 +441,8 @@ def drain(
             except BrokenProcessPool:
                 lost.append(run)
                 continue
+            except Exception as lost_result:  # noqa: BLE001 - e.g. a result that cannot travel back: the run failed
+                status, error = "failed", f"{type(lost_result).__name__}: {lost_result}"
             if status != NOT_STARTED:
                 record(run, status, error)
     forward_events(events, by_id, progress, started)
