@@ -735,3 +735,17 @@ def test_mean_around_median_with_ties_and_small_windows(seed):
         np.testing.assert_allclose(mean_around_median(torch.from_numpy(x), keep), expected)
         x32 = torch.from_numpy(x).to(torch.bfloat16)  # the torch path (numpy has no bfloat16)
         np.testing.assert_allclose(mean_around_median(x32, keep).double(), expected, atol=0.02)
+
+
+def test_wrapper_base_errors_name_the_wrapper_and_the_rule():
+    cases = [
+        ({}, "aggregator 'nnm' wraps another rule: give it a 'base'"),
+        ({"base": make_aggregator("krum", f=1)}, "aggregator 'nnm': base rule has f=1, expected 2"),
+        ({"base": {"name": "krum", "params": {"f": 2}}}, "aggregator 'nnm': the base rule takes f from the wrapper"),
+        ({"base": {"name": "krum", "extra": 1}}, "aggregator 'nnm': base must look like {name: ..., params: {...}}"),
+        ({"base": 3}, "aggregator 'nnm': base must be a rule name or mapping, got 3"),
+    ]
+    for params, message in cases:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            AGGREGATORS["nnm"](2, **params)
+    assert make_aggregator("nnm", f=2, base={"name": "krum"}).base.f == 2
