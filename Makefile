@@ -24,13 +24,17 @@ test: $(BIN)/byzsgd
 test-fast: $(BIN)/byzsgd
 	$(BIN)/pytest -q -m "not slow"
 
-# Mutation testing (slow, not part of CI): mutates the modules listed under [tool.mutmut] in
-# pyproject.toml, runs the fast suite against each mutant, prints the score and the survivors.
-# MUTANTS narrows the run to mutant names matching a glob, e.g. MUTANTS='byzsgd.aggregators*'.
+# Mutation testing (slow, not part of CI): tests/mutation_run.py runs mutmut once per group of
+# [tool.byzsgd-mutation.GROUP] in pyproject.toml (the files it mutates, the tests that judge them),
+# then prints each module's score and the surviving mutants. GROUPS picks groups (default: all),
+# MUTANTS narrows to mutant-name globs, e.g. make mutation GROUPS=aggregators MUTANTS='byzsgd.aggregators.mda*'.
+# Results are cached under mutants/GROUP/ (a re-run tries only what changed); FRESH=1 starts over.
+GROUPS ?=
 MUTANTS ?=
+FRESH ?=
 mutation: $(BIN)/byzsgd
-	rm -rf mutants
-	RAY_USAGE_STATS_ENABLED=0 OMP_NUM_THREADS=1 HYPOTHESIS_PROFILE=ci $(BIN)/mutmut run $(MUTANTS)
+	RAY_USAGE_STATS_ENABLED=0 OMP_NUM_THREADS=1 HYPOTHESIS_PROFILE=mutation $(BIN)/python tests/mutation_run.py \
+		$(GROUPS) $(if $(MUTANTS),--mutants $(MUTANTS)) $(if $(FRESH),--fresh)
 	$(BIN)/python tests/mutation_report.py
 
 lint: $(BIN)/byzsgd

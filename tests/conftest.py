@@ -8,7 +8,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 torch.set_num_threads(1)
 
 # Hypothesis profiles, chosen by HYPOTHESIS_PROFILE. "ci", the default (so CI, `make test` and
-# the mutation tester all see it), is derandomized: the same examples on every run, so a red
+# the mutation tester's stats pass all see it), is derandomized: the same examples on every run, so a red
 # run reproduces anywhere and a mutant is judged by the same examples as the original. "dev"
 # explores fresh examples each run; "thorough" many more. No deadline: timings on a shared
 # machine are noise.
@@ -16,6 +16,9 @@ _COMMON = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow], "p
 settings.register_profile("ci", max_examples=60, derandomize=True, **_COMMON)
 settings.register_profile("dev", max_examples=60, **_COMMON)
 settings.register_profile("thorough", max_examples=1000, **_COMMON)
+# `make mutation`: "ci"'s derandomized examples, fewer of them, so that the thousands of mutants
+# that each rerun the properties finish in minutes; the targeted tests carry most kills.
+settings.register_profile("mutation", max_examples=15, derandomize=True, **_COMMON)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 from byzsgd.experiment import config_from_dict  # noqa: E402

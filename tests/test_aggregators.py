@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -202,6 +203,40 @@ def test_centered_clipping_reference_and_explicit_center():
     np.testing.assert_allclose(rule_(x, center=np.full(4, np.nan)), expected, atol=1e-12)
 
 
+def test_centered_clipping_defaults_are_byzfls_tau_100_one_iteration():
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.normal(0, 20, (5, 6)), rng.normal(0, 20, (2, 6)) + 1000.0])  # two far rows
+    start = np.median(x, axis=0)
+    out = make_aggregator("centered_clipping", f=2)(x)
+    np.testing.assert_allclose(out, ref_centered_clipping(x, 100.0, 1, start), atol=1e-9)
+    for tau, iterations in [(101.0, 1), (100.0, 2)]:  # the far rows are clipped: tau and the count matter
+        assert np.abs(out - ref_centered_clipping(x, tau, iterations, start)).max() > 1e-3
+
+
+def test_centered_clipping_of_half_precision_works_in_float32_and_rounds_once():
+    # bfloat16 keeps 8 bits: every difference, step and sum rounded to it would drift; the rule
+    # computes in float32 and rounds only its result, so it equals the float32 result, rounded.
+    x = (torch.randn(7, 3000, generator=torch.Generator().manual_seed(0)) * 3 + 1).to(torch.bfloat16)
+    center = torch.randn(3000, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    rule_ = make_aggregator("centered_clipping", f=2, tau=20.0, iterations=2)
+    for options in [{}, {"center": center}]:
+        out = rule_(x, **options)
+        assert out.dtype == torch.bfloat16
+        torch.testing.assert_close(out, rule_(x.float(), **options).to(torch.bfloat16), rtol=0, atol=0)
+
+
+def test_centered_clipping_refuses_a_center_of_the_wrong_size():
+    rule_ = make_aggregator("centered_clipping", f=1)
+    with pytest.raises(ValueError, match="center has 3 entries, vectors have 4"):
+        rule_(np.ones((5, 4)), center=np.zeros(3))
+
+
+def test_coordinate_median_needs_a_vector_but_not_a_coordinate():
+    with pytest.raises(ValueError, match="coordinate_median of zero vectors"):
+        coordinate_median(np.zeros((0, 3)))
+    assert coordinate_median(np.zeros((3, 0))).shape == (0,)
+
+
 def test_arc_clips_the_largest_to_the_next_norm():
     x = sample(10, 4, 1) * np.arange(1, 11)[:, None]
     f = 3
@@ -209,6 +244,156 @@ def test_arc_clips_the_largest_to_the_next_norm():
     limit = np.sort(np.linalg.norm(x, axis=1))[::-1][k]
     out = make_aggregator("arc", f=f, base="mean")(x)
     np.testing.assert_allclose(out, ref_clip(x, limit).mean(0), atol=1e-12)
+
+
+def test_arc_clips_the_single_largest_when_k_is_1():
+    x = sample(3, 4, 5) * np.array([1.0, 2.0, 3.0])[:, None]
+    # f=1, n=3: k = floor(2*1*2/3) = 1, so the largest row is clipped to the second largest norm.
+    limit = np.sort(np.linalg.norm(x, axis=1))[::-1][1]
+    out = make_aggregator("arc", f=1, base="mean")(x)
+    np.testing.assert_allclose(out, ref_clip(x, limit).mean(0), atol=1e-12)
+    assert np.abs(out - x.mean(0)).max() > 1e-3
+
+
+def test_wrappers_hand_their_f_to_the_base_rule():
+    x = sample(11, 4, 6)
+    f = 2
+    clipped = make_aggregator("clipping", f=f, base="trimmed_mean", threshold=0.5)(x)
+    np.testing.assert_allclose(clipped, ref_trimmed_mean(ref_clip(x, 0.5), f), atol=1e-12)
+    # s=1: each bucket is one row, and Multi-Krum does not depend on their order.
+    bucketed = make_aggregator("bucketing", f=f, base="multikrum", s=1)(x)
+    np.testing.assert_allclose(bucketed, ref_multikrum(x, f), atol=1e-12)
+
+
+def test_nnm_mixes_with_ties_broken_by_index_and_hands_f_to_its_base():
+    # Lattice points: many distinct rows at exactly equal distances, so which neighbours fill the
+    # last of the n-f places is decided by the index order (a stable sort), as in the reference.
+    x = np.random.default_rng(8).integers(0, 3, size=(40, 2)).astype(np.float64)
+    f = 10
+    np.testing.assert_allclose(make_aggregator("nnm", f=f, base="mean")(x), ref_nnm(x, f).mean(0), atol=1e-12)
+    np.testing.assert_allclose(
+        make_aggregator("nnm", f=f, base="trimmed_mean")(x), ref_trimmed_mean(ref_nnm(x, f), f), atol=1e-12
+    )
+
+
+def test_nnm_of_bfloat16_mixes_in_float32():
+    # bfloat16 takes the torch path (numpy has no bfloat16): mix in float32, round, apply the base.
+    x = torch.randn(9, 300, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    rule_ = make_aggregator("nnm", f=2, base="trimmed_mean")
+    out = rule_(x.to(torch.bfloat16))
+    assert out.dtype == torch.bfloat16
+    mixed = torch.from_numpy(ref_nnm(x.to(torch.bfloat16).double().numpy(), 2))
+    expected = torch.from_numpy(ref_trimmed_mean(mixed.to(torch.bfloat16).double().numpy(), 2))
+    torch.testing.assert_close(out.double(), expected, rtol=1e-2, atol=1e-2)
+
+
+def test_trimmed_mean_on_many_rows_and_in_bfloat16():
+    x = sample(31, 200, 10)
+    np.testing.assert_allclose(make_aggregator("trimmed_mean", f=5)(x), ref_trimmed_mean(x, 5), atol=1e-12)
+    x[:5] += 100.0  # far rows: keeping any of them would show
+    half = torch.from_numpy(x).to(torch.bfloat16)  # the torch path: numpy has no bfloat16
+    expected = torch.from_numpy(ref_trimmed_mean(half.double().numpy(), 5))
+    torch.testing.assert_close(make_aggregator("trimmed_mean", f=5)(half).double(), expected, rtol=1e-2, atol=1e-2)
+
+
+def test_norm_based_rules_in_bfloat16():
+    # bfloat16 norms take the torch path of sq_norms; the clipped rows must match float64 clipping.
+    x = torch.randn(9, 50, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    x[:3] *= 10
+    half = x.to(torch.bfloat16)
+    exact = half.double().numpy()
+    out = make_aggregator("clipping", f=1, base="mean", threshold=2.0)(half)
+    torch.testing.assert_close(out.double(), torch.from_numpy(ref_clip(exact, 2.0).mean(0)), rtol=2e-2, atol=2e-2)
+
+
+def test_ctma_keeps_the_lower_index_on_distance_ties():
+    # Lattice points around a median centre: many rows at exactly equal distances.
+    x = np.random.default_rng(12).integers(0, 3, size=(40, 2)).astype(np.float64)
+    f = 10
+    center = np.median(x, axis=0)
+    d2 = ((x - center) ** 2).sum(1)
+    expected = x[np.argsort(d2, kind="stable")[: 40 - f]].mean(0)
+    np.testing.assert_allclose(make_aggregator("ctma", f=f, base="median")(x), expected, atol=1e-12)
+
+
+def test_krum_counts_shrink_with_the_dropped_rows():
+    # Explicit neighbours were checked against the full n; a dropped non-finite row leaves
+    # n-1 rows, and each row then has n-2 others: the count shrinks to that.
+    for seed in range(20):
+        x = sample(6, 3, seed)
+        x[:2] *= 4
+        finite = x[1:]
+        expected = ref_multikrum(finite, 0, m=1, neighbours=4)
+        if not np.allclose(expected, ref_multikrum(finite, 0, m=1, neighbours=3)):
+            break
+    else:
+        raise AssertionError("no sample tells 3 neighbours from 4")
+    x[0] = np.nan
+    out = make_aggregator("multikrum", f=1, m=1, neighbours=5)(x)
+    np.testing.assert_allclose(out, expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("value", [True, 1.5, 0])
+def test_krum_counts_must_be_positive_integers(value):
+    for name in ("m", "neighbours"):
+        with pytest.raises(ConfigError, match=f"{name} must be an integer >= 1"):
+            AGGREGATORS["multikrum"](1, **{name: value})
+
+
+def test_bfloat16_takes_the_torch_paths_with_float64_results():
+    # numpy has no bfloat16: the Gram matrix, the mean and the mean of selected rows then run in
+    # torch. Their results must match float64 arithmetic on the same (exactly representable) values.
+    from byzsgd.aggregators.distances import exact_gram
+
+    x = torch.randn(7, 40, generator=torch.Generator().manual_seed(13), dtype=torch.float64) + 3.0
+    half = x.to(torch.bfloat16)
+    exact = half.double()
+    g = exact_gram(half)  # of the rows centred at a reference row: distances are what it must keep
+    np.testing.assert_allclose(g, exact_gram(exact), rtol=1e-12, atol=1e-9)  # the numpy path's answer
+    d2 = np.diag(g)[:, None] + np.diag(g)[None, :] - 2 * g
+    np.testing.assert_allclose(d2, ((exact[:, None] - exact[None]) ** 2).sum(-1).numpy(), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(make_aggregator("mean", f=0)(half), exact.mean(0).to(torch.bfloat16))
+    chosen = make_aggregator("mda", f=2).selection(exact, 2)
+    torch.testing.assert_close(make_aggregator("mda", f=2)(half), exact[chosen].mean(0).to(torch.bfloat16))
+    ref = make_aggregator("geometric_median", f=2)(exact)
+    torch.testing.assert_close(make_aggregator("geometric_median", f=2)(half), ref.to(torch.bfloat16))
+
+
+def test_wrapper_defaults_threshold_1_and_seed_0():
+    x = sample(9, 4, 7) * 5
+    np.testing.assert_allclose(
+        make_aggregator("clipping", f=1, base="mean")(x), ref_clip(x, 1.0).mean(0), atol=1e-12
+    )
+    default = make_aggregator("bucketing", f=1, base="median")
+    seeded = [make_aggregator("bucketing", f=1, base="median", seed=seed) for seed in (0, 1)]
+    outputs = [[rule_(x) for _ in range(3)] for rule_ in [default, *seeded]]
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    assert not np.array_equal(outputs[0], outputs[2])  # the seed matters, so 0 is the default
+
+
+@pytest.mark.parametrize("s", [True, 1.5, 0])
+def test_bucket_size_must_be_a_positive_integer(s):
+    # The registry refuses a non-integer s first; built directly, the class checks it itself.
+    with pytest.raises(ConfigError, match="'bucketing'.*s"):
+        make_aggregator("bucketing", f=1, base="median", s=s)
+    with pytest.raises(ConfigError, match="bucket size s must be >= 1"):
+        AGGREGATORS["bucketing"](1, base="median", s=s)
+
+
+def test_majority_wrappers_name_their_bound():
+    # NNM and CTMA need a majority and what the base needs: the message says which formula.
+    for wrapper in ("nnm", "ctma"):
+        with pytest.raises(ConfigError, match=re.escape("needs n >= 2*f+1 = 5 inputs, got 4")):
+            make_aggregator(wrapper, f=2, base="median").check(4)
+        with pytest.raises(ConfigError, match=re.escape("needs n >= max(2*f+1, 2*f+3) = 7 inputs, got 6")):
+            make_aggregator(wrapper, f=2, base="krum").check(6)
+        with pytest.raises(ConfigError, match=re.escape("needs n >= max(2*f+1, 1) = 5 inputs, got 4")):
+            make_aggregator(wrapper, f=2, base="mean").check(4)
+
+
+def test_rules_print_their_f_and_base():
+    assert repr(make_aggregator("mda", f=2)) == "MDA(f=2)"
+    assert repr(make_aggregator("nnm", f=1, base="krum")) == "NNM(f=1, base=Krum(f=1))"
 
 
 def test_bucketing_is_seeded_and_averages_buckets():
@@ -550,3 +735,17 @@ def test_mean_around_median_with_ties_and_small_windows(seed):
         np.testing.assert_allclose(mean_around_median(torch.from_numpy(x), keep), expected)
         x32 = torch.from_numpy(x).to(torch.bfloat16)  # the torch path (numpy has no bfloat16)
         np.testing.assert_allclose(mean_around_median(x32, keep).double(), expected, atol=0.02)
+
+
+def test_wrapper_base_errors_name_the_wrapper_and_the_rule():
+    cases = [
+        ({}, "aggregator 'nnm' wraps another rule: give it a 'base'"),
+        ({"base": make_aggregator("krum", f=1)}, "aggregator 'nnm': base rule has f=1, expected 2"),
+        ({"base": {"name": "krum", "params": {"f": 2}}}, "aggregator 'nnm': the base rule takes f from the wrapper"),
+        ({"base": {"name": "krum", "extra": 1}}, "aggregator 'nnm': base must look like {name: ..., params: {...}}"),
+        ({"base": 3}, "aggregator 'nnm': base must be a rule name or mapping, got 3"),
+    ]
+    for params, message in cases:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            AGGREGATORS["nnm"](2, **params)
+    assert make_aggregator("nnm", f=2, base={"name": "krum"}).base.f == 2

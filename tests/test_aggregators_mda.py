@@ -116,3 +116,102 @@ def test_large_instance_is_permutation_invariant():
     chosen = min_diameter_subset(d2, 27)
     chosen_permuted = np.sort(perm[min_diameter_subset(d2[np.ix_(perm, perm)], 27)])
     np.testing.assert_array_equal(chosen, chosen_permuted)
+
+
+def random_graph(rng: np.random.Generator, n: int, density: float) -> list[int]:
+    """Bitmask adjacency rows (bit u of row v: edge v-u) of a random undirected graph."""
+    edges = np.triu(rng.random((n, n)) < density, 1)
+    edges = edges | edges.T
+    return [sum(1 << u for u in range(n) if edges[v, u]) for v in range(n)]
+
+
+def smallest_cover_size(adj: list[int], alive: int) -> int:
+    """The size of a minimum vertex cover of the graph induced on `alive`, trying every subset."""
+    members = [v for v in range(len(adj)) if alive >> v & 1]
+    for size in range(len(members) + 1):
+        for chosen in itertools.combinations(members, size):
+            cover = sum(1 << v for v in chosen)
+            if all(not adj[v] & alive & ~cover for v in members if not cover >> v & 1):
+                return size
+    raise AssertionError("unreachable: every vertex is a cover")
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_cover_search_agrees_with_every_subset(seed):
+    # Sparse graphs have degree-1 vertices (the pendant rule), dense ones vertices of degree above
+    # the budget (forced removal), medium ones need branching; alive masks drop random vertices.
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 11))
+    adj = random_graph(rng, n, float(rng.choice([0.15, 0.3, 0.5, 0.8])))
+    alive = int(rng.integers(0, 1 << n)) if seed % 3 == 0 else (1 << n) - 1
+    smallest = smallest_cover_size(adj, alive)
+    for budget in range(n + 1):
+        cover = mda._cover(adj, alive, budget)
+        if budget < smallest:
+            assert cover is None, (budget, smallest)
+            continue
+        assert cover is not None, (budget, smallest)
+        assert cover & ~alive == 0, "the cover uses only alive vertices"
+        assert cover.bit_count() <= budget
+        for v in range(n):
+            if alive >> v & 1 and not cover >> v & 1:
+                assert adj[v] & alive & ~cover == 0, f"edge at {v} left uncovered"
+
+
+def graph(n: int, edges: list[tuple[int, int]]) -> list[int]:
+    adj = [0] * n
+    for u, v in edges:
+        adj[u] |= 1 << v
+        adj[v] |= 1 << u
+    return adj
+
+
+# Vertex 0 joins 1, 2, 3; each of those sits in a triangle (1, 4, 7), (2, 5, 8), (3, 6, 9). A
+# triangle needs two cover vertices, and taking 1, 2, 3 among them covers vertex 0's edges: the
+# only covers of size 6 leave out vertex 0, the first vertex of maximum degree, so the search
+# must take its second branch (keep it, remove its neighbours).
+TRIANGLES = [e for i in (1, 2, 3) for e in [(i, i + 3), (i, i + 6), (i + 3, i + 6)]]
+KEEP_THE_HUB = graph(10, [(0, 1), (0, 2), (0, 3), *TRIANGLES])
+
+
+@pytest.mark.parametrize(
+    "adj,smallest",
+    [
+        (graph(4, [(0, 1), (2, 3)]), 2),  # two disjoint edges: two pendant steps
+        (graph(4, [(0, 1), (0, 2), (0, 3)]), 1),  # a star: its centre
+        (graph(3, [(0, 1), (1, 2), (0, 2)]), 2),  # a triangle: branching, no pendant
+        (graph(5, [(0, 1), (0, 2), (0, 3), (0, 4)]), 1),  # a star, also with no budget at all
+        (KEEP_THE_HUB, 6),
+    ],
+)
+def test_cover_search_on_small_graphs(adj, smallest):
+    alive = (1 << len(adj)) - 1
+    assert smallest_cover_size(adj, alive) == smallest
+    for budget in range(smallest + 3):
+        cover = mda._cover(adj, alive, budget)
+        assert (cover is not None) == (budget >= smallest), budget
+        if cover is not None:
+            assert cover.bit_count() <= budget
+            assert all(adj[v] & ~cover == 0 for v in range(len(adj)) if not cover >> v & 1), "an edge is uncovered"
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_pad_fills_the_removal_set_with_the_largest_free_indices(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(3, 12))
+    flags = rng.integers(0, 3, size=n)  # 0 free, 1 removed, 2 kept
+    removed = sum(1 << v for v in range(n) if flags[v] == 1)
+    kept = sum(1 << v for v in range(n) if flags[v] == 2)
+    free = [v for v in range(n) if flags[v] == 0]
+    for f in range(n + 1):
+        padded = mda._pad(removed, kept, n, f)
+        missing = max(0, f - removed.bit_count())
+        expected = removed | sum(1 << v for v in sorted(free, reverse=True)[:missing])
+        assert padded == expected, (f, bin(removed), bin(kept))
+
+
+@pytest.mark.parametrize("solve", SOLVERS)
+def test_one_point_and_every_point(solve):
+    d2 = direct_sq_distances(np.random.default_rng(4).standard_normal((6, 2)))
+    np.testing.assert_array_equal(solve(d2, 1), [0])  # every single point has diameter 0
+    np.testing.assert_array_equal(solve(d2, 6), np.arange(6))

@@ -1,6 +1,6 @@
 import numpy as np
 
-from byzsgd.messages import Channel, Inbox, Message
+from byzsgd.messages import PAYLOAD_DTYPE, TIMER, Channel, Inbox, Message, broadcast, is_timer, timer, timer_delay
 
 
 def inbox(window=3):
@@ -77,3 +77,63 @@ def test_ill_typed_headers_and_payload_subclasses_are_malformed_not_a_crash():
         assert not box.add(message), message
     assert box.rejected == {"malformed": len(bad)} and box.accepted == 0
     assert box.add(msg(round_=np.int64(0)))  # numpy integers are integers
+
+
+def test_broadcast_sends_one_shared_payload_to_each_receiver():
+    payload = np.arange(4, dtype=np.float32)
+    sent = broadcast("ps1", ["w0", "w1", "w2"], "model", 7, payload)
+    assert [(m.sender, m.receiver, m.kind, m.round) for m in sent] == [
+        ("ps1", r, "model", 7) for r in ("w0", "w1", "w2")
+    ]
+    assert all(m.payload is payload for m in sent)  # runtimes ship one object, not copies
+
+
+def test_a_timer_comes_back_to_its_node_with_its_delay_and_tag():
+    alarm = timer("ps0", 3, 2.5, tag=4)
+    assert (alarm.sender, alarm.receiver, alarm.kind, alarm.round) == ("ps0", "ps0", TIMER, 3)
+    assert alarm.payload.dtype == PAYLOAD_DTYPE == np.float32
+    np.testing.assert_array_equal(alarm.payload, [2.5, 4])
+    assert is_timer(alarm) and timer_delay(alarm) == 2.5
+    assert timer("ps0", 0, 1.0).payload[1] == 0  # the default tag
+    assert timer_delay(timer("ps0", 0, -3.0)) == 0.0  # a negative delay fires at once
+    # Another node cannot forge one (the runtime stamps senders), nor is another kind a timer.
+    assert not is_timer(Message("w0", "ps0", TIMER, 3, alarm.payload))
+    assert not is_timer(Message("ps0", "ps0", "model", 3, alarm.payload))
+
+
+def test_channels_default_to_float32_and_take_other_dtypes():
+    assert Channel(frozenset({"w0"}), 2).dtype == np.dtype(np.float32)
+    box = Inbox({"coded": Channel(frozenset({"w0"}), 2, np.dtype(np.float64))})
+    assert not box.add(Message("w0", "ps0", "coded", 0, np.ones(2, np.float32)))
+    assert box.add(Message("w0", "ps0", "coded", 0, np.ones(2, np.float64)))
+
+
+def test_the_window_edge_and_advance():
+    box = inbox(window=3)
+    assert box.add(msg("w0", round_=3))  # next_round + window is still accepted
+    assert not box.add(msg("w1", round_=4)) and box.rejected["future"] == 1
+    assert box.senders("gradient", 3) == ["w0"] and box.senders("gradient", 2) == []
+    assert box.add(msg("w1", round_=1)) and box.add(msg("w2", round_=2))
+    box.advance("gradient", 2)  # drops round 1, keeps 2 and 3
+    assert box.next_round["gradient"] == 2
+    assert sorted(box.buffers["gradient"]) == [2, 3]
+    assert box.quorum("gradient", 1, 1) is None and box.quorum("gradient", 2, 1) is not None
+    box.advance("gradient", 1)  # never backwards
+    assert box.next_round["gradient"] == 2
+    assert box.add(msg("w0", round_=5))  # the window moved with next_round
+    assert box.accepted == 4
+
+
+def test_a_quorum_of_exactly_the_arrivals_is_released():
+    box = inbox()
+    for sender in ("w0", "w1"):
+        box.add(msg(sender))
+    assert len(box.quorum("gradient", 0, 2)) == 2
+    assert box.quorum("gradient", 0, 3) is None
+    assert box.quorum("gradient", 5, 0) is None  # nothing arrived for that round
+
+
+def test_the_default_window_is_64_rounds():
+    box = Inbox({"gradient": Channel(frozenset({"w0"}), 4)})
+    assert box.add(msg("w0", round_=64))
+    assert not box.add(msg("w0", round_=65)) and box.rejected == {"future": 1}
