@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import traceback
 from types import SimpleNamespace
 
 import numpy as np
@@ -75,11 +77,17 @@ def test_claim_refuses_a_file_and_a_folder_in_place_of_a_run_file(tmp_path):
     file.write_text("x")
     with pytest.raises(ConfigError, match=r"^results folder '.*f': exists and is not a folder$"):
         results.claim_run_dir(file)
+    with pytest.raises(ConfigError, match=rf"^results folder '{re.escape(str(file / 'below'))}': cannot be created"):
+        results.claim_run_dir(file / "below")
+    file.chmod(0o700)  # writable and executable, still not a folder
     with pytest.raises(ConfigError, match=r"cannot be created or written in '.*f'$"):
         results.claim_run_dir(file / "below")
     (tmp_path / results.CONFIG_FILE).write_text("x")
     (tmp_path / results.METRICS_FILE).mkdir()
-    with pytest.raises(ConfigError, match=r": metrics.jsonl is a folder, not a file; remove it by hand$"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"^results folder '{re.escape(str(tmp_path))}': metrics.jsonl is a folder, not a file; remove it",
+    ):
         results.claim_run_dir(tmp_path, overwrite=True)
     assert (tmp_path / results.CONFIG_FILE).exists()  # checked before anything is removed
 
@@ -105,12 +113,15 @@ def boom() -> BaseException:
 
 
 def test_a_failure_keeps_its_traceback_and_a_failed_summary(tmp_path):
-    run_dir = tmp_path / "run"
-    path = results.record_failure(run_dir, "exp", boom())
+    run_dir = tmp_path / "sweep" / "run"  # neither exists yet
+    error = boom()
+    error.add_note("while loading shard 3")
+    path = results.record_failure(run_dir, "exp", error)
     assert path == run_dir / results.TRACEBACK_FILE
-    assert "Traceback" in path.read_text() and "RuntimeError: lost the data" in path.read_text()
+    assert path.read_text() == "".join(traceback.format_exception(error))
+    assert path.read_text().startswith("Traceback (most recent call last):\n")
     summary = json.loads((run_dir / results.SUMMARY_FILE).read_text())
-    assert summary == {"name": "exp", "status": "failed", "error": "RuntimeError: lost the data"}
+    assert summary == {"name": "exp", "status": "failed", "error": "RuntimeError: lost the data\nwhile loading shard 3"}
     assert results.run_status(run_dir) == "failed"
 
 
@@ -174,6 +185,7 @@ def test_a_finished_run_with_a_folder_in_place_of_its_files_is_corrupt(tmp_path)
         ("RuntimeError: KeyboardInterrupt", False),
         ("KeyboardInterruptX: y", False),
         ("", False),
+        ("KeyboardInterrupt: stopped: at step 3", True),
     ],
 )
 def test_only_an_interruption_named_as_the_error_class_counts(error, stopped):
@@ -183,7 +195,7 @@ def test_only_an_interruption_named_as_the_error_class_counts(error, stopped):
 def test_a_new_run_folder_is_named_after_the_experiment_under_its_output(tmp_path):
     config = SimpleNamespace(name="exp", output_dir=str(tmp_path))
     first = results.new_run_dir(config)
-    assert first.parent == tmp_path and first.name.startswith("exp-")
+    assert first.parent == tmp_path and re.fullmatch(r"exp-\d{8}-\d{6}-\d{6}", first.name)
     assert first != results.new_run_dir(config)  # microseconds in the stamp
 
 
@@ -238,3 +250,36 @@ def test_no_row_is_written_once_every_server_dropped():
     monitor.drop_server("s0")
     monitor.report("s0", 1, np.array([1.0, 0.0, 0.0]))
     assert monitor.rows == [] and not monitor.done
+
+
+def test_a_row_rounds_its_times_and_accuracies_as_documented(monkeypatch):
+    monitor = Monitor(FakeWorkload(), ["s0"], steps=5)  # counters left at their default: none
+    monitor.started = 0.0
+    monkeypatch.setattr("byzsgd.metrics.time.perf_counter", lambda: 2.123456)
+    monitor.report("s0", 0, np.array([0.123456, 0.0, 0.0]))
+    monitor.report("s0", 1, np.array([0.5, 0.0, 0.0]))
+    first, second = monitor.rows
+    assert first["steps_per_s"] == 0.0  # step 0: no step done yet
+    assert second["time_s"] == 2.1235 and second["steps_per_s"] == 0.471
+    assert first["test_acc_per_server"] == {"s0": 0.1235}
+    assert set(first) == {
+        "step", "time_s", "steps_per_s", "test_acc", "test_acc_min", "test_acc_max",
+        "test_loss", "train_loss", "diameter", "test_acc_per_server",
+    }  # fmt: skip
+
+
+def test_diameter_of_integer_and_single_precision_points_is_computed_in_double():
+    assert diameter(np.array([[0, 0], [3, 4]])) == 5.0
+    points = np.array([[0.1, 0.2], [0.3, 0.7]], dtype=np.float32)
+    exact = float(np.linalg.norm(points[0].astype(np.float64) - points[1].astype(np.float64)))
+    assert diameter(points) == pytest.approx(exact, rel=1e-12)
+
+
+def test_a_written_config_keeps_the_fields_in_their_order(tmp_path):
+    results.write_config(tmp_path, SimpleNamespace(to_dict=lambda: {"name": "x", "steps": 3, "aggregator": "mda"}))
+    assert [line.split(":")[0] for line in (tmp_path / results.CONFIG_FILE).read_text().splitlines()] == [
+        "name",
+        "steps",
+        "aggregator",
+    ]
+    assert results.metrics_writer(tmp_path).path == tmp_path / results.METRICS_FILE
