@@ -468,7 +468,7 @@ def forward_events(events: Any, by_id: dict[str, PlannedRun], progress: Progress
 @contextmanager
 def ray_connection(config: ExperimentConfig) -> Iterator[None]:
     """One Ray connection for every Ray run of the sweep (each run reuses an initialized Ray)."""
-    from byzsgd.runtime.ray import start_ray
+    from byzsgd.runtime.cluster import start_ray
 
     owns = start_ray(config)
     try:
