@@ -8,9 +8,9 @@ top-level key it sets replaces the default's value for that key, a section (``at
 Protocol-specific options live in a top-level section named after the protocol (e.g.
 ``byzsgd: {period: 10}``); each protocol registers the dataclass that parses it.
 
-This module is data: parsing and the checks that hold for every protocol. It never imports the
+This module is data and parsing (types, finiteness, known keys). It never imports the
 protocols; :mod:`byzsgd.experiment` hands it their option types (``config_from_dict``,
-``load_config``) and adds each protocol's own checks.
+``load_config``) and runs the checks: :mod:`byzsgd.checks` (shared), then the protocol's own.
 """
 
 from __future__ import annotations
@@ -249,9 +249,9 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
 
 
 def parse_config(data: dict[str, Any], options: Mapping[str, type]) -> ExperimentConfig:
-    """Parse a config mapping and run the checks every protocol shares. ``options`` maps each
-    protocol's name to the dataclass of its option section; the protocol's own rules are
-    checked by :func:`byzsgd.experiment.config_from_dict`."""
+    """Parse a config mapping (types, finiteness, known keys). ``options`` maps each protocol's
+    name to the dataclass of its option section; :func:`byzsgd.experiment.config_from_dict`
+    then runs the shared checks (:func:`byzsgd.checks.validate`) and the protocol's own rules."""
     data = dict(data)
     protocol = data.get("protocol", ExperimentConfig.protocol)
     if not isinstance(protocol, str):
@@ -271,7 +271,6 @@ def parse_config(data: dict[str, Any], options: Mapping[str, type]) -> Experimen
             )
     config = parse_dataclass(ExperimentConfig, data, "", extra_keys=sorted(options))
     config.options = parse_dataclass(options[protocol], sections.get(protocol) or {}, protocol)
-    validate(config)
     return config
 
 
@@ -341,116 +340,6 @@ def parse_value(hint: Any, value: Any, path: str) -> Any:
 
 def join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
-
-
-# --- validation --------------------------------------------------------------------------
-
-
-def validate(config: ExperimentConfig) -> None:
-    """Checks that hold for every protocol; each protocol then checks its own rules."""
-    from byzsgd.checks import check_fields
-
-    positive = {
-        "steps": config.steps,
-        "eval_every": config.eval_every,
-        "nodes.n_ps": config.nodes.n_ps,
-        "nodes.n_w": config.nodes.n_w,
-        "data.batch_size": config.data.batch_size,
-        "model.hidden": config.model.hidden,
-    }
-    for name, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"{name}={value}: must be at least 1")
-    for name in ("f_ps", "f_w"):
-        if getattr(config.nodes, name) < 0:
-            raise ConfigError(f"nodes.{name}={getattr(config.nodes, name)}: must be at least 0")
-    if config.optimizer.lr <= 0:
-        raise ConfigError(f"optimizer.lr={config.optimizer.lr}: must be positive")
-    if not 0 < config.data.test_fraction < 1:
-        raise ConfigError(f"data.test_fraction={config.data.test_fraction}: must be in (0, 1)")
-    if config.data.batch_accounting == "per_step" and config.data.batch_size < config.nodes.n_w:
-        raise ConfigError(
-            f"data.batch_size={config.data.batch_size} with data.batch_accounting=per_step: "
-            f"must be at least nodes.n_w={config.nodes.n_w} (one sample per worker's mini-batch)"
-        )
-    if config.data.alpha <= 0:
-        raise ConfigError(f"data.alpha={config.data.alpha}: must be positive")
-    if config.network.delay < 0 or not 0 <= config.network.jitter <= 1:
-        raise ConfigError("network: delay must be >= 0 and jitter in [0, 1]")
-    if not 0 <= config.network.reorder <= 1:
-        raise ConfigError(f"network.reorder={config.network.reorder}: must be a probability in [0, 1]")
-    for name in ("reorder_delay", "observe_timeout", "time_unit_s"):
-        if getattr(config.network, name) < 0:
-            raise ConfigError(f"network.{name}={getattr(config.network, name)}: must be >= 0")
-    if config.ray.actors is not None and config.ray.actors < 1:
-        raise ConfigError(f"ray.actors={config.ray.actors}: must be at least 1 (or null: one actor per node)")
-    if config.ray.num_cpus_per_actor <= 0:
-        raise ConfigError(f"ray.num_cpus_per_actor={config.ray.num_cpus_per_actor}: must be positive")
-    if config.ray.address and config.ray.address.startswith(("http://", "https://")):
-        raise ConfigError(
-            f"ray.address={config.ray.address}: that is the dashboard (job submission) address, which a driver "
-            f"cannot join; submit the run as a job instead: ray job submit --address {config.ray.address} "
-            "--working-dir . -- byzsgd run CONFIG (the job joins with --address auto), or use ray://HEAD:10001"
-        )
-    check_workload(config)
-    check_fields(config)
-    check_gpus(config)
-    check_attack(config.attack, "attack", "workers", config.nodes.n_w, config.nodes.f_w)
-    check_attack(config.server_attack, "server_attack", "servers", config.nodes.n_ps, config.nodes.f_ps)
-
-
-def check_gpus(config: ExperimentConfig) -> None:
-    """GPUs are Ray resources: an actor computes on one only if Ray gave it one."""
-    ray_config = config.ray
-    gpus = ray_config.num_gpus_per_actor  # its range: byzsgd.checks.FIELD_RULES
-    if len(set(ray_config.gpu_roles)) != len(ray_config.gpu_roles):
-        raise ConfigError(f"ray.gpu_roles={ray_config.gpu_roles}: roles must be distinct")
-    if config.runtime != "ray":
-        return
-    if gpus > 0 and not ray_config.gpu_roles:
-        raise ConfigError(f"ray.num_gpus_per_actor={gpus} with ray.gpu_roles=[]: name the roles that get GPUs")
-    if gpus > 0 and config.device == "cpu":
-        raise ConfigError(f"ray.num_gpus_per_actor={gpus} with device: cpu: the actors would hold GPUs they never use")
-    if gpus == 0 and config.device == "cuda":
-        raise ConfigError(
-            "device: cuda on Ray needs ray.num_gpus_per_actor > 0: an actor uses only a GPU Ray assigned it"
-        )
-
-
-def check_workload(config: ExperimentConfig) -> None:
-    """The model and dataset exist and accept their params (user factories are imported, not called)."""
-    from byzsgd.data import check_dataset
-    from byzsgd.models import check_model
-
-    check_model(config.model.name, config.model.hidden, config.model.params)
-    check_dataset(config.data.dataset, config.data.params)
-
-
-def check_attack(attack: AttackConfig, field_name: str, role: str, n: int, f: int) -> None:
-    from byzsgd.attacks import ATTACKS
-
-    rule = ATTACKS.build(attack.name, field=f"{field_name}.params", **attack.params)
-    if attack.rotate_every is not None:
-        if role != "workers":
-            raise ConfigError(
-                f"{field_name}.rotate_every: only workers may rotate (a server's model is the experiment's result)"
-            )
-        if attack.rotate_every < 1 or attack.ids is not None:
-            raise ConfigError(f"{field_name}.rotate_every={attack.rotate_every}: must be >= 1 and without ids")
-        if rule.flips_labels:
-            raise ConfigError(f"{field_name}.rotate_every: labelflip fixes its workers for the whole run")
-    count = byzantine_count(attack, f)
-    if count > f:
-        raise ConfigError(
-            f"{field_name}.count={count}: at most f={f} {role} may be Byzantine "
-            f"(raise nodes.f_{'w' if role == 'workers' else 'ps'} to tolerate more)"
-        )
-    if attack.ids is not None:
-        if len(set(attack.ids)) != len(attack.ids):
-            raise ConfigError(f"{field_name}.ids={attack.ids}: ids must be distinct")
-        bad = [i for i in attack.ids if not 0 <= i < n]
-        if bad:
-            raise ConfigError(f"{field_name}.ids: {bad[0]} is not a {role[:-1]} index in [0, {n})")
 
 
 def byzantine_count(attack: AttackConfig, f: int) -> int:

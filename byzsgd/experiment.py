@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from byzsgd.attacks import ATTACKS
+from byzsgd.checks import validate
 from byzsgd.config import (
     AttackConfig,
     ExperimentConfig,
@@ -40,6 +41,7 @@ def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
     """Parse and check a config mapping: the shared field checks, then the protocol's rules."""
     load_plugins(data.get("plugins"))  # before any registered name (protocol, rule, attack) is looked up
     config = parse_config(data, {name: PROTOCOLS[name].options for name in PROTOCOLS.names()})
+    validate(config)
     PROTOCOLS[config.protocol].validate(config)
     check_local_ray_room(config)
     return config
@@ -68,8 +70,6 @@ def check_local_ray_room(config: ExperimentConfig) -> None:
 
 def needs_injector_actor(config: ExperimentConfig) -> bool:
     """Whether an omniscient attack runs (on Ray, the fault injector is then an actor too)."""
-    from byzsgd.attacks import ATTACKS
-
     for attack, f in ((config.attack, config.nodes.f_w), (config.server_attack, config.nodes.f_ps)):
         if byzantine_count(attack, f) and ATTACKS.build(attack.name, **attack.params).omniscient:
             return True

@@ -13,6 +13,7 @@ from byzsgd.experiment import assemble
 from byzsgd.faults import FaultInjector
 from byzsgd.protocols import detox
 from byzsgd.runner import run_experiment
+from byzsgd.runtime import actors as ray_actors
 from byzsgd.runtime import local
 from byzsgd.runtime import ray as ray_runtime
 from byzsgd.training import Workload
@@ -124,11 +125,12 @@ def test_a_run_is_assembled_once_and_no_actor_parses_a_config(tmp_path, monkeypa
     run_experiment(make_config(steps=4, eval_every=2, output_dir=str(tmp_path)))
     assert len(calls) == 1
     # The Ray actors (NodeActor, InjectorActor) receive the driver's plan: nothing there parses or plans.
-    tree = ast.parse(Path(ray_runtime.__file__).read_text())
-    names = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
-    assert not names & {"config_from_dict", "load_config", "parse_config", "assemble"}
+    for module in (ray_actors, ray_runtime):
+        tree = ast.parse(Path(module.__file__).read_text())
+        names = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+        assert not names & {"config_from_dict", "load_config", "parse_config", "assemble"}
 
 
 def test_both_runtimes_move_messages_through_the_one_bus():
-    assert local.Bus is bus.Bus and ray_runtime.Bus is bus.Bus
+    assert local.Bus is bus.Bus and ray_actors.Bus is bus.Bus
     assert local.StalledError is bus.StalledError is ray_runtime.StalledError

@@ -6,14 +6,8 @@ import pytest
 
 from byzsgd.experiment import assemble
 from byzsgd.registry import ConfigError
-from byzsgd.runtime.ray import (
-    INLINE_PAYLOAD_BYTES,
-    Placement,
-    Traffic,
-    check_cluster_gpus,
-    gpu_groups,
-    shipped,
-)
+from byzsgd.runtime.actors import INLINE_PAYLOAD_BYTES, Traffic, shipped
+from byzsgd.runtime.cluster import Placement, check_cluster_gpus, gpu_groups
 from byzsgd.training import actor_device
 from tests.conftest import make_config
 

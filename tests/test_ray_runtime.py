@@ -4,10 +4,11 @@ import json
 
 import pytest
 
+from byzsgd.experiment import host_groups
 from byzsgd.metrics import read_jsonl
 from byzsgd.registry import ConfigError
 from byzsgd.runner import run_experiment
-from byzsgd.runtime.ray import INLINE_PAYLOAD_BYTES, host_groups
+from byzsgd.runtime.actors import INLINE_PAYLOAD_BYTES
 from tests.conftest import make_config
 
 

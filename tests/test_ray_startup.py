@@ -12,7 +12,7 @@ import pytest
 
 from byzsgd.experiment import load_config
 from byzsgd.registry import ConfigError
-from byzsgd.runtime.ray import UnreachableClusterError, probe_address
+from byzsgd.runtime.cluster import UnreachableClusterError, probe_address
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -318,7 +318,7 @@ def test_sweep_bars_appear_at_the_first_step_after_ray_has_started(monkeypatch, 
     import sys
     import types
 
-    from byzsgd.sweep.execute import Progress
+    from byzsgd.sweep.progress import Progress
 
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
     progress = Progress(total=2, quiet=False)
