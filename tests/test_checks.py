@@ -52,3 +52,13 @@ def test_a_label_flipping_attack_on_a_server_is_refused_in_full_words():
     )
     with pytest.raises(ConfigError, match=f"^{re.escape(expected)}$"):
         check_attack_roles(roles(name, f_ps=1))
+
+
+def test_an_attack_parameter_it_does_not_take_fails_at_load_time():
+    from byzsgd.checks import build_components
+    from byzsgd.config import ExperimentConfig
+
+    config = ExperimentConfig()
+    config.server_attack.name, config.server_attack.params = "signflip", {"bogus": 1}
+    with pytest.raises(ConfigError, match=r"^server_attack.params: unknown parameter 'bogus' for attack 'signflip'"):
+        build_components(config)
