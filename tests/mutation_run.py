@@ -58,7 +58,7 @@ def prepare(name: str, base_text: str, shared: dict, group: dict, fresh: bool) -
     if fresh and where.exists():
         shutil.rmtree(where)
     where.mkdir(parents=True, exist_ok=True)
-    for entry in ("byzsgd", "tests"):
+    for entry in ("byzsgd", "tests", "experiments"):  # experiments/: configs some tests read
         link = where / entry
         if not link.is_symlink():
             link.symlink_to(ROOT / entry, target_is_directory=True)

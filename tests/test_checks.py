@@ -1,0 +1,64 @@
+"""Load-time checks (byzsgd.checks) called directly: port bounds and the full wording of their errors."""
+
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+
+import pytest
+
+from byzsgd.checks import check_address, check_attack_roles
+from byzsgd.registry import ConfigError
+
+
+@pytest.mark.parametrize("address", ["10.0.0.1:1", "head:65535", "ray://[::1]:10001", "auto", "local", None])
+def test_addresses_with_a_port_in_range_pass(address):
+    check_address(address)
+
+
+@pytest.mark.parametrize("address", ["10.0.0.1:0", "head:65536", "head", "ray://head"])
+def test_an_address_out_of_range_or_without_a_port_names_the_forms_expected(address):
+    expected = (
+        f"ray.address={address!r}: expected auto, HOST:PORT (a running head node, e.g. 10.0.0.1:6379) "
+        "or ray://HOST:PORT (Ray Client, e.g. ray://10.0.0.1:10001)"
+    )
+    with pytest.raises(ConfigError, match=f"^{re.escape(expected)}$"):
+        check_address(address)
+
+
+def roles(name: str, f_ps: int, ids: list[int] | None = None) -> SimpleNamespace:
+    none = SimpleNamespace(name="none", count=None, ids=None)
+    return SimpleNamespace(
+        attack=none, server_attack=SimpleNamespace(name=name, count=None, ids=ids), nodes=SimpleNamespace(f_ps=f_ps)
+    )
+
+
+def test_a_server_attack_with_no_byzantine_server_says_how_to_fix_it():
+    expected = (
+        "server_attack.name='signflip' with nodes.f_ps=0: no server may be Byzantine "
+        "(set server_attack.name=none, or raise nodes.f_ps)"
+    )
+    with pytest.raises(ConfigError, match=f"^{re.escape(expected)}$"):
+        check_attack_roles(roles("signflip", f_ps=0))
+    check_attack_roles(roles("signflip", f_ps=0, ids=[0]))  # ids name the server: not left to f_ps
+    check_attack_roles(roles("signflip", f_ps=1))
+
+
+def test_a_label_flipping_attack_on_a_server_is_refused_in_full_words():
+    name = "labelflip"
+    expected = (
+        f"server_attack.name={name!r}: a worker attack (servers compute no gradients); "
+        "a server sends a reversed model with signflip"
+    )
+    with pytest.raises(ConfigError, match=f"^{re.escape(expected)}$"):
+        check_attack_roles(roles(name, f_ps=1))
+
+
+def test_an_attack_parameter_it_does_not_take_fails_at_load_time():
+    from byzsgd.checks import build_components
+    from byzsgd.config import ExperimentConfig
+
+    config = ExperimentConfig()
+    config.server_attack.name, config.server_attack.params = "signflip", {"bogus": 1}
+    with pytest.raises(ConfigError, match=r"^server_attack.params: unknown parameter 'bogus' for attack 'signflip'"):
+        build_components(config)
