@@ -8,6 +8,7 @@ import torch
 
 from byzsgd.messages import Message
 from byzsgd.protocols import PROTOCOLS
+from byzsgd.protocols.byzsgd import gather_period
 from byzsgd.runner import run_experiment
 from byzsgd.runtime.local import StalledError
 from byzsgd.training import Workload
@@ -149,3 +150,33 @@ def test_local_runtime_is_deterministic():
     b = run_local(attack={"name": "signflip"})
     strip = lambda rows: [{k: v for k, v in r.items() if k not in ("time_s", "steps_per_s")} for r in rows]  # noqa: E731
     assert strip(a) == strip(b)
+
+
+@pytest.mark.parametrize(
+    ("lr", "options", "period"),
+    [
+        (0.02, {}, 16),  # floor(1 / (3 L lr)) with L = 1
+        (0.02, {"lipschitz": 2.0}, 8),
+        (0.002, {}, 50),  # 166, capped at max_period
+        (0.002, {"max_period": 100}, 100),
+        (0.5, {}, 1),  # floor(2/3) = 0: at least 1
+        (0.5, {"period": 7}, 7),  # an explicit T wins
+    ],
+)
+def test_gather_period_is_the_prototypes_bound(lr, options, period):
+    config = make_config(optimizer={"lr": lr}, byzsgd=options)
+    assert gather_period(config) == period
+    assert PROTOCOLS["byzsgd"].describe(config) == {"gather_period": period, "q_w": 5, "q_ps": 4}
+
+
+def test_after_a_gather_the_server_sends_its_contracted_model_and_drops_late_peers():
+    config = make_config(byzsgd={"period": 1})
+    server = build(config, "ps0")
+    d = server.vector.numel()
+    for i in range(5):
+        server.on_message(Message(f"w{i}", "ps0", "gradient", 0, np.zeros(d, np.float32)))
+    for i in range(1, 4):
+        out = server.on_message(Message(f"ps{i}", "ps0", "gather", 1, np.zeros(d, np.float32)))
+    assert [(m.sender, m.kind, m.round) for m in out] == [("ps0", "model", 1)] * 7
+    assert server.on_message(Message("ps4", "ps0", "gather", 1, np.zeros(d, np.float32))) == []  # late
+    assert server.rejected == {"stale": 1}
