@@ -517,9 +517,9 @@ def plain_sgd(config, partitions, steps, combine=lambda grads: grads.mean(0)):
 def test_exact_codes_step_as_plain_sgd_on_the_honest_mean_for_several_steps(name):
     # seed 1 and a Dirichlet split: partitions and batches follow the run's seed and data settings
     data = {"dataset": "synthetic", "batch_size": 16, "partition": "dirichlet", "alpha": 0.3}
-    config = make_config(steps=3, eval_every=1, seed=1, data=data, **SETTINGS[name])
+    config = make_config(steps=3, eval_every=2, seed=1, data=data, **SETTINGS[name])
     server, workers = drive(config, byzantine=set(range(1, 1 + config.nodes.f_w)))
-    assert server.step == 3 and [step for step, _ in server.drain_reports()] == [0, 1, 2, 3]
+    assert server.step == 3 and [step for step, _ in server.drain_reports()] == [0, 2, 3]  # every 2, and the last
     expected, losses = plain_sgd(config, server.scheme.num_partitions, 3)
     np.testing.assert_allclose(server.vector.numpy(), expected.numpy(), rtol=1e-5, atol=1e-6)
     worker = workers["w0"]  # its loss is the mean over its partitions' losses at the last step
