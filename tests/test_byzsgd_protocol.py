@@ -2,6 +2,7 @@
 
 import itertools
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -9,8 +10,8 @@ import torch
 
 from byzsgd.messages import Message
 from byzsgd.optim import make_estimator
-from byzsgd.protocols import PROTOCOLS
-from byzsgd.protocols.base import to_payload
+from byzsgd.protocols import PROTOCOLS, base
+from byzsgd.protocols.base import stack_payloads, to_payload
 from byzsgd.protocols.byzsgd import gather_period
 from byzsgd.registry import ConfigError
 from byzsgd.runner import run_experiment
@@ -217,12 +218,19 @@ def test_byzsgd_accepts_its_limits():
     assert make_config(aggregator={"name": "krum"}, nodes={"n_w": 9, "f_w": 2}).aggregator.name == "krum"
 
 
-def test_to_payload_is_a_float32_copy():
+def test_payloads_travel_as_float32_and_their_copies_are_counted(monkeypatch):
+    monkeypatch.setattr(base, "copied_bytes", Counter())
     vector = torch.arange(3, dtype=torch.float64)
     payload = to_payload(vector)
     assert payload.dtype == np.float32 and payload.tolist() == [0.0, 1.0, 2.0]
     payload[0] = 5.0
-    assert vector[0] == 0.0
+    assert vector[0] == 0.0  # a copy
+    to_payload(vector)
+    # a float64 tensor (a node's own vector) among numpy payloads is stacked as float32 too
+    stacked = stack_payloads([vector, np.ones(3, np.float32)], torch.device("cpu"))
+    assert stacked.dtype == torch.float32 and stacked.tolist() == [[0.0, 1.0, 2.0], [1.0, 1.0, 1.0]]
+    stack_payloads([np.ones(3, np.float32)], torch.device("cpu"))
+    assert base.copied_bytes == {"to_payload": 24, "stack_payloads": 36}
 
 
 def test_servers_report_every_eval_every_steps_and_the_last_step():
