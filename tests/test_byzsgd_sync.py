@@ -206,7 +206,7 @@ def test_a_sync_server_answers_each_workers_pull_once_and_counts_every_bad_pull(
     out = server.start()
     assert [(m.receiver, m.kind, m.round) for m in out] == [("w0", "model", 0)]
     np.testing.assert_array_equal(out[0].payload, server.vector.numpy())
-    assert server.on_message(pull("w0", 0)) == server.on_message(pull("w0", -1)) == []  # replays: stale
+    assert server.on_message(pull("w0", 0)) == server.on_message(pull("w3", -1)) == []  # a replay, no step: stale
     assert server.on_message(pull("ps1", 0)) == server.on_message(pull("w99", 0)) == []  # not workers
     assert server.on_message(pull("w1", 3)) == server.on_message(pull("w1", 4)) == []  # beyond the window
     assert server.on_message(pull("w2", 2)) == []  # within the window: answered once the server is there

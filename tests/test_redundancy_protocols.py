@@ -355,6 +355,19 @@ def test_one_message_can_finish_a_round_and_leave_the_next_one_waiting():
     assert server.step == 2 and [m.round for m in out] == [2, 2, 2]
 
 
+def test_one_message_can_finish_two_rounds():
+    config = make_config(protocol="draco", nodes=one_server(3, 1))
+    server = PROTOCOLS["draco"].make_node(config, "ps0", Workload(config))
+    server.start()
+    d = server.vector.numel()
+    for k in (0, 1):  # round 1 is decodable before round 0 is
+        server.on_message(Message(f"w{k}", "ps0", "gradient", 1, np.ones(d, np.float32)))
+    server.on_message(Message("w0", "ps0", "gradient", 0, np.ones(d, np.float32)))
+    out = server.on_message(Message("w1", "ps0", "gradient", 0, np.ones(d, np.float32)))
+    assert server.step == 2
+    assert [(m.receiver, m.round) for m in out] == [(f"w{i}", r) for r in (1, 2) for i in range(3)]
+
+
 def test_a_coded_server_buffers_only_window_rounds_ahead():
     config = make_config(protocol="draco", nodes=one_server(3, 1), draco={"window": 2})
     server = PROTOCOLS["draco"].make_node(config, "ps0", Workload(config))
@@ -521,6 +534,7 @@ def test_exact_codes_step_as_plain_sgd_on_the_honest_mean_for_several_steps(name
     server, workers = drive(config, byzantine=set(range(1, 1 + config.nodes.f_w)))
     assert server.step == 3 and [step for step, _ in server.drain_reports()] == [0, 2, 3]  # every 2, and the last
     expected, losses = plain_sgd(config, server.scheme.num_partitions, 3)
+    assert server.vector.dtype == torch.float32  # the model stays float32 whatever the decoder's precision
     np.testing.assert_allclose(server.vector.numpy(), expected.numpy(), rtol=1e-5, atol=1e-6)
     worker = workers["w0"]  # its loss is the mean over its partitions' losses at the last step
     assert worker.step == 3
