@@ -1,5 +1,16 @@
-import pytest
+from pathlib import Path
 
+import pytest
+import yaml
+
+from byzsgd.config import (
+    AttackConfig,
+    apply_override,
+    byzantine_count,
+    read_config_file,
+    read_yaml_mapping,
+    yaml_problem,
+)
 from byzsgd.experiment import load_config
 from byzsgd.protocols.byzsgd import gather_period
 from byzsgd.registry import ConfigError
@@ -92,3 +103,80 @@ def test_yaml_file_round_trip(tmp_path):
     assert config.steps == 12 and config.options.period == 4
     again = make_config(**config.to_dict())
     assert again.to_dict() == config.to_dict()
+
+
+def test_a_sweep_file_or_a_missing_file_is_refused_with_what_to_do(tmp_path):
+    sweep = tmp_path / "grid.yaml"
+    sweep.write_text("sweep: {steps: [1, 2]}\n")
+    with pytest.raises(ConfigError) as error:
+        read_config_file(sweep)
+    assert str(error.value) == f"{sweep} is a sweep file (it has a sweep: section); run it with: byzsgd sweep {sweep}"
+    assert read_config_file(_write(tmp_path / "run.yaml", "sweeps: 1\nsteps: 3\n")) == {"sweeps": 1, "steps": 3}
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError) as error:
+        read_config_file(missing)
+    assert str(error.value) == f"config file {str(missing)!r} does not exist"
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_an_unreadable_or_malformed_yaml_file_is_one_line_saying_where(tmp_path, monkeypatch):
+    bad = _write(tmp_path / "bad.yaml", "steps: [1\n")
+    with pytest.raises(ConfigError) as error:
+        read_yaml_mapping(bad, "config file")
+    assert str(error.value) == f"{bad}: not valid YAML: expected ',' or ']', but got '<stream end>' (line 2, column 1)"
+
+    def denied(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_text", denied)
+    with pytest.raises(ConfigError) as error:
+        read_yaml_mapping(bad, "sweep file")
+    assert str(error.value) == f"sweep file {str(bad)!r}: cannot be read (Permission denied)"
+
+
+def test_yaml_problem_is_the_first_line_or_the_problem_with_its_place():
+    assert yaml_problem(yaml.YAMLError("first line\nsecond line")) == "first line"
+    mark = yaml.Mark("f.yaml", 0, 4, 7, None, None)
+    marked = yaml.MarkedYAMLError(context="while parsing", problem="found junk", problem_mark=mark)
+    assert yaml_problem(marked) == "found junk (line 5, column 8)"
+    assert yaml_problem(yaml.MarkedYAMLError(problem="found junk")) == "found junk"
+
+
+def test_an_override_splits_at_its_first_equals_sign():
+    data = {}
+    apply_override(data, "name=a=b")
+    apply_override(data, "optimizer.lr=0.5")
+    assert data == {"name": "a=b", "optimizer": {"lr": 0.5}}
+    with pytest.raises(ConfigError) as error:
+        apply_override(data, "steps=[1")
+    problem = "expected ',' or ']', but got '<stream end>' (line 1, column 3)"
+    assert str(error.value) == f"--set 'steps=[1': the value is not valid YAML: {problem}"
+
+
+def test_to_dict_holds_the_protocol_options_and_is_a_deep_copy():
+    config = make_config(plugins=[], byzsgd={"period": 7})
+    data = config.to_dict()
+    assert data["byzsgd"]["period"] == 7 and data["protocol"] == "byzsgd" and "options" not in data
+    data["plugins"].append("mine")
+    data["attack"]["params"]["x"] = 1
+    assert config.plugins == [] and config.attack.params == {}
+    config.options = None
+    assert "byzsgd" not in config.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("attack", "count"),
+    [
+        (AttackConfig(name="none", count=2), 0),  # no attack: nobody is Byzantine, whatever count says
+        (AttackConfig(name="none"), 0),
+        (AttackConfig(name="signflip"), 3),  # default: the tolerated f
+        (AttackConfig(name="signflip", count=1), 1),
+        (AttackConfig(name="signflip", ids=[0, 4]), 2),
+    ],
+)
+def test_byzantine_count(attack, count):
+    assert byzantine_count(attack, 3) == count
