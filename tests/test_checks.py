@@ -7,7 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from byzsgd.checks import check_address, check_attack_roles
+from byzsgd.checks import check_address, check_attack, check_attack_roles, check_gpus
+from byzsgd.config import AttackConfig
 from byzsgd.registry import ConfigError
 
 
@@ -62,3 +63,52 @@ def test_an_attack_parameter_it_does_not_take_fails_at_load_time():
     config.server_attack.name, config.server_attack.params = "signflip", {"bogus": 1}
     with pytest.raises(ConfigError, match=r"^server_attack.params: unknown parameter 'bogus' for attack 'signflip'"):
         build_components(config)
+
+
+def gpu_config(runtime="ray", device="auto", gpus=0.0, roles=("workers",)) -> SimpleNamespace:
+    ray = SimpleNamespace(num_gpus_per_actor=gpus, gpu_roles=list(roles))
+    return SimpleNamespace(runtime=runtime, device=device, ray=ray)
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        (dict(roles=("workers", "workers")), "ray.gpu_roles=['workers', 'workers']: roles must be distinct"),
+        (dict(gpus=0.5, roles=()), "ray.num_gpus_per_actor=0.5 with ray.gpu_roles=[]: name the roles that get GPUs"),
+        (
+            dict(gpus=0.5, device="cpu"),
+            "ray.num_gpus_per_actor=0.5 with device: cpu: the actors would hold GPUs they never use",
+        ),
+        (
+            dict(device="cuda"),
+            "device: cuda on Ray needs ray.num_gpus_per_actor > 0: an actor uses only a GPU Ray assigned it",
+        ),
+    ],
+)
+def test_gpu_settings_that_cannot_work_on_ray_are_refused_in_full_words(settings, expected):
+    with pytest.raises(ConfigError, match=f"^{re.escape(expected)}$"):
+        check_gpus(gpu_config(**settings))
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(),  # no GPUs, device auto
+        dict(roles=()),  # no GPUs, so no roles needed
+        dict(device="cpu"),
+        dict(gpus=0.5, device="cuda"),
+        dict(gpus=0.5),
+        dict(runtime="local", device="cuda"),  # the in-process runtime uses the driver's device: no Ray resources
+        dict(runtime="local", gpus=0.5, roles=()),
+    ],
+)
+def test_gpu_settings_that_work_pass(settings):
+    check_gpus(gpu_config(**settings))
+
+
+def test_attack_checks_name_their_field_and_build_the_attack():
+    with pytest.raises(ConfigError, match=r"^server_attack.params: attack 'signflip': parameter scale='abc'"):
+        check_attack(AttackConfig(name="signflip", params={"scale": "abc"}), "server_attack", "servers", 5, 1)
+    with pytest.raises(ConfigError, match=r"^attack.rotate_every: labelflip fixes its workers for the whole run$"):
+        check_attack(AttackConfig(name="labelflip", rotate_every=2), "attack", "workers", 7, 2)
+    check_attack(AttackConfig(name="signflip", rotate_every=2), "attack", "workers", 7, 2)  # other attacks may rotate
