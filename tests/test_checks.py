@@ -112,3 +112,42 @@ def test_attack_checks_name_their_field_and_build_the_attack():
     with pytest.raises(ConfigError, match=r"^attack.rotate_every: labelflip fixes its workers for the whole run$"):
         check_attack(AttackConfig(name="labelflip", rotate_every=2), "attack", "workers", 7, 2)
     check_attack(AttackConfig(name="signflip", rotate_every=2), "attack", "workers", 7, 2)  # other attacks may rotate
+
+
+@pytest.mark.parametrize(
+    ("attack", "role", "expected"),
+    [
+        (
+            AttackConfig(name="signflip", rotate_every=0),
+            "workers",
+            "attack.rotate_every=0: must be >= 1 and without ids",
+        ),
+        (
+            AttackConfig(name="signflip", rotate_every=2, ids=[0]),
+            "workers",
+            "attack.rotate_every=2: must be >= 1 and without ids",
+        ),
+        (
+            AttackConfig(name="signflip", count=3),
+            "workers",
+            "attack.count=3: at most f=2 workers may be Byzantine (raise nodes.f_w to tolerate more)",
+        ),
+        (
+            AttackConfig(name="signflip", count=3),
+            "servers",
+            "attack.count=3: at most f=2 servers may be Byzantine (raise nodes.f_ps to tolerate more)",
+        ),
+        (AttackConfig(name="signflip", ids=[1, 1]), "workers", "attack.ids=[1, 1]: ids must be distinct"),
+        (AttackConfig(name="signflip", ids=[7, 9]), "workers", "attack.ids: 7 is not a worker index in [0, 7)"),
+        (AttackConfig(name="signflip", ids=[-1]), "servers", "attack.ids: -1 is not a server index in [0, 7)"),
+    ],
+)
+def test_who_is_byzantine_is_checked_in_full_words(attack, role, expected):
+    with pytest.raises(ConfigError, match=f"^{re.escape(expected)}$"):
+        check_attack(attack, "attack", role, 7, 2)
+
+
+def test_byzantine_choices_at_the_limits_pass():
+    check_attack(AttackConfig(name="signflip", rotate_every=1), "attack", "workers", 7, 2)
+    check_attack(AttackConfig(name="signflip", ids=[0, 6]), "attack", "workers", 7, 2)
+    check_attack(AttackConfig(name="signflip", count=2), "attack", "workers", 7, 2)
