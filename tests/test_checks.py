@@ -151,3 +151,11 @@ def test_byzantine_choices_at_the_limits_pass():
     check_attack(AttackConfig(name="signflip", rotate_every=1), "attack", "workers", 7, 2)
     check_attack(AttackConfig(name="signflip", ids=[0, 6]), "attack", "workers", 7, 2)
     check_attack(AttackConfig(name="signflip", count=2), "attack", "workers", 7, 2)
+
+
+@pytest.mark.parametrize("field", ["steps", "eval_every"])
+def test_counts_below_one_name_their_field(field):
+    from tests.conftest import make_config
+
+    with pytest.raises(ConfigError, match=f"^{field}=0: must be at least 1$"):
+        make_config(**{field: 0})

@@ -151,6 +151,8 @@ def test_an_override_splits_at_its_first_equals_sign():
     apply_override(data, "name=a=b")
     apply_override(data, "optimizer.lr=0.5")
     assert data == {"name": "a=b", "optimizer": {"lr": 0.5}}
+    with pytest.raises(ConfigError, match=r"^name.x: 'name' is not a section$"):
+        apply_override(data, "name.x=1")
     with pytest.raises(ConfigError) as error:
         apply_override(data, "steps=[1")
     problem = "expected ',' or ']', but got '<stream end>' (line 1, column 3)"
