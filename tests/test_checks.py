@@ -159,3 +159,44 @@ def test_counts_below_one_name_their_field(field):
 
     with pytest.raises(ConfigError, match=f"^{field}=0: must be at least 1$"):
         make_config(**{field: 0})
+
+
+@pytest.mark.parametrize(
+    ("sections", "expected"),
+    [
+        ({"nodes": {"n_ps": 0}}, "nodes.n_ps=0: must be at least 1"),
+        ({"nodes": {"n_w": 0}}, "nodes.n_w=0: must be at least 1"),
+        ({"data": {"batch_size": 0}}, "data.batch_size=0: must be at least 1"),
+        ({"model": {"name": "mlp", "hidden": 0}}, "model.hidden=0: must be at least 1"),
+        ({"optimizer": {"lr": 0.0}}, "optimizer.lr=0.0: must be positive"),
+        ({"data": {"test_fraction": 0.0}}, "data.test_fraction=0.0: must be in (0, 1)"),
+        (
+            {"data": {"batch_size": 6, "batch_accounting": "per_step"}},
+            "data.batch_size=6 with data.batch_accounting=per_step: "
+            "must be at least nodes.n_w=7 (one sample per worker's mini-batch)",
+        ),
+        ({"data": {"alpha": 0.0}}, "data.alpha=0.0: must be positive"),
+        ({"network": {"delay": -1.0}}, "network: delay must be >= 0 and jitter in [0, 1]"),
+        ({"network": {"jitter": 1.5}}, "network: delay must be >= 0 and jitter in [0, 1]"),
+        ({"network": {"reorder": 1.5}}, "network.reorder=1.5: must be a probability in [0, 1]"),
+        ({"network": {"reorder_delay": -1.0}}, "network.reorder_delay=-1.0: must be >= 0"),
+        ({"ray": {"actors": 0}}, "ray.actors=0: must be at least 1 (or null: one actor per node)"),
+    ],
+)
+def test_shared_settings_out_of_range_name_the_field_and_the_rule(sections, expected):
+    from tests.conftest import make_config
+
+    with pytest.raises(ConfigError, match=f"^{re.escape(expected)}$"):
+        make_config(**sections)
+
+
+def test_shared_settings_at_their_limits_pass():
+    from tests.conftest import make_config
+
+    config = make_config(
+        data={"dataset": "synthetic", "batch_size": 7, "batch_accounting": "per_step"},
+        network={"delay": 0.0, "jitter": 0.0, "reorder": 1.0, "reorder_delay": 0.0, "observe_timeout": 0.0},
+        ray={"actors": 1},
+    )
+    assert config.ray.actors == 1 and config.network.reorder == 1.0
+    assert make_config(network={"jitter": 1.0}).network.jitter == 1.0
