@@ -5,8 +5,11 @@ import yaml
 
 from byzsgd.config import (
     AttackConfig,
+    ExperimentConfig,
+    NodesConfig,
     apply_override,
     byzantine_count,
+    parse_dataclass,
     read_config_file,
     read_yaml_mapping,
     yaml_problem,
@@ -182,3 +185,40 @@ def test_to_dict_holds_the_protocol_options_and_is_a_deep_copy():
 )
 def test_byzantine_count(attack, count):
     assert byzantine_count(attack, 3) == count
+
+
+@pytest.mark.parametrize(
+    ("sections", "expected"),
+    [
+        ({"options": {"period": 3}}, "options: unknown key (known: "),
+        ({"nodes": 3}, "nodes: expected a mapping, got 3"),
+        ({"attack": {"count": "x"}}, "attack.count: expected an integer, got 'x'"),
+        ({"runtime": "nope"}, "runtime: 'nope' is not one of ray, local"),
+        ({"attack": {"ids": "x"}}, "attack.ids: expected a list, got 'x'"),
+        ({"ray": {"gpu_roles": ["workers", "x"]}}, "ray.gpu_roles[1]: 'x' is not one of workers, servers"),
+        ({"aggregator": {"params": 3}}, "aggregator.params: expected a mapping, got 3"),
+        ({"data": {"augment": "yes"}}, "data.augment: expected true or false, got 'yes'"),
+        ({"attack": {"ids": [9]}}, "attack.ids: 9 is not a worker index in [0, 7)"),
+        ({"server_attack": {"name": "signflip", "ids": [5]}}, "server_attack.ids: 5 is not a server index in [0, 5)"),
+        (
+            {"server_attack": {"name": "signflip", "count": 2}},
+            "server_attack.count=2: at most f=1 servers may be Byzantine (raise nodes.f_ps to tolerate more)",
+        ),
+        (
+            {"ray": {"address": "https://head:8265"}},
+            "ray.address=https://head:8265: that is the dashboard (job submission) address, which a driver cannot "
+            "join; submit the run as a job instead: ray job submit --address https://head:8265 --working-dir . -- "
+            "byzsgd run CONFIG (the job joins with --address auto), or use ray://HEAD:10001",
+        ),
+    ],
+)
+def test_a_field_of_the_wrong_shape_names_its_path(sections, expected):
+    with pytest.raises(ConfigError) as error:
+        make_config(**sections)
+    assert str(error.value).startswith(expected)
+
+
+def test_a_config_that_is_not_a_mapping_or_a_null_section():
+    with pytest.raises(ConfigError, match=r"^config: expected a mapping, got \[1\]$"):
+        parse_dataclass(ExperimentConfig, [1], "")
+    assert make_config(nodes=None).nodes == NodesConfig()  # a null section: its defaults
