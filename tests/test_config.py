@@ -10,6 +10,7 @@ from byzsgd.config import (
     apply_override,
     byzantine_count,
     parse_dataclass,
+    parse_value,
     read_config_file,
     read_yaml_mapping,
     yaml_problem,
@@ -222,3 +223,32 @@ def test_a_config_that_is_not_a_mapping_or_a_null_section():
     with pytest.raises(ConfigError, match=r"^config: expected a mapping, got \[1\]$"):
         parse_dataclass(ExperimentConfig, [1], "")
     assert make_config(nodes=None).nodes == NodesConfig()  # a null section: its defaults
+
+
+@pytest.mark.parametrize(
+    ("sections", "expected"),
+    [
+        ({"foo": 1}, "foo: unknown key (known: aggregator, attack, byzsgd, byzsgd-sync, data, detox, device, draco, "),
+        ({"protocol": 3}, "protocol: expected a name, got 3"),
+        (
+            {"protocol": "nope"},
+            "protocol: unknown protocol 'nope'; known: byzsgd, byzsgd-sync, detox, draco, ps, solon",
+        ),
+        ({"byzsgd": 3}, "byzsgd: expected a mapping of protocol options"),
+        ({"model": {"name": 3}}, "model.name: expected a string, got 3"),
+        ({"seed": -(2**63) - 1}, "seed=-9223372036854775809: out of range (a 64-bit integer)"),
+        ({"seed": -(2**63)}, "seed=-9223372036854775808: must be in [0, 2^63)"),  # parsed, then refused by its rule
+        ({"optimizer": {"lr": 2**1000}}, f"optimizer.lr={2**1000}: must be a finite number"),
+        ({"optimizer": {"lr": 10**400}}, f"optimizer.lr={10**400}: must be a finite number"),
+    ],
+)
+def test_top_level_keys_and_numbers_beyond_their_type_are_refused_by_name(sections, expected):
+    with pytest.raises(ConfigError) as error:
+        make_config(**sections)
+    assert str(error.value).startswith(expected)
+
+
+def test_integers_that_fit_a_float_are_numbers_and_unsupported_types_are_a_bug():
+    assert make_config(optimizer={"lr": 2001}).optimizer.lr == 2001.0
+    with pytest.raises(TypeError, match=r"^x: unsupported config type set\[int\]$"):
+        parse_value(set[int], {1}, "x")
