@@ -749,3 +749,29 @@ def test_wrapper_base_errors_name_the_wrapper_and_the_rule():
         with pytest.raises(ConfigError, match=re.escape(message)):
             AGGREGATORS["nnm"](2, **params)
     assert make_aggregator("nnm", f=2, base={"name": "krum"}).base.f == 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_exact_gram_over_several_column_blocks_keeps_every_distance(dtype):
+    # numpy (float32) and torch (bfloat16) paths, over two full column blocks and a ragged third.
+    from byzsgd.aggregators.distances import exact_gram
+
+    d = 2 * (1 << 14) + 3
+    x = (torch.randn(5, d, generator=torch.Generator().manual_seed(3), dtype=torch.float64) + 2.0).to(dtype)
+    exact = x.double()
+    g = exact_gram(x)
+    assert g.dtype == np.float64 and g.shape == (5, 5)
+    d2 = np.diag(g)[:, None] + np.diag(g)[None, :] - 2 * g
+    np.testing.assert_allclose(d2, ((exact[:, None] - exact[None]) ** 2).sum(-1).numpy(), rtol=1e-9, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_the_mean_of_chosen_half_precision_rows_is_rounded_once(dtype):
+    # accumulated in float32 and rounded once to the input precision, not weighted in half precision
+    from byzsgd.aggregators.base import mean_of
+
+    x = (torch.randn(9, 1000, generator=torch.Generator().manual_seed(5)) * 3).to(dtype)
+    rows = np.array([0, 2, 4, 5, 8])
+    out = mean_of(x, rows)
+    assert out.dtype == dtype
+    assert torch.equal(out, x[torch.from_numpy(rows)].float().mean(0).to(dtype))
