@@ -775,3 +775,15 @@ def test_the_mean_of_chosen_half_precision_rows_is_rounded_once(dtype):
     out = mean_of(x, rows)
     assert out.dtype == dtype
     assert torch.equal(out, x[torch.from_numpy(rows)].float().mean(0).to(dtype))
+
+
+def test_too_few_finite_rows_for_the_rule_fall_back_to_their_mean():
+    # krum needs 2f+3 rows: 3 of 5 non-finite leave 2 finite ones (f drops to 0, still 3 needed)
+    x = np.arange(10, dtype=np.float64).reshape(5, 2)
+    x[[0, 2, 4]] = np.nan
+    np.testing.assert_array_equal(make_aggregator("krum", f=1)(x), (x[1] + x[3]) / 2)
+
+
+def test_a_rule_built_with_bad_params_names_the_aggregator_field():
+    with pytest.raises(ConfigError, match=r"^aggregator: unknown parameter 'foo' for aggregator 'mda'"):
+        make_aggregator("mda", f=1, foo=1)
