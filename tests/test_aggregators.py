@@ -787,3 +787,24 @@ def test_too_few_finite_rows_for_the_rule_fall_back_to_their_mean():
 def test_a_rule_built_with_bad_params_names_the_aggregator_field():
     with pytest.raises(ConfigError, match=r"^aggregator: unknown parameter 'foo' for aggregator 'mda'"):
         make_aggregator("mda", f=1, foo=1)
+
+
+def test_big_endian_and_reversed_arrays_are_read_as_they_are():
+    rows = np.arange(6, dtype=np.float64).reshape(3, 2)
+    expected = rows.mean(0)
+    np.testing.assert_array_equal(make_aggregator("mean", f=0)(rows.astype(">f8")), expected)  # non-native order
+    np.testing.assert_array_equal(make_aggregator("mean", f=0)(rows[::-1]), expected)  # a negative stride
+
+
+def test_a_rule_that_picks_an_input_row_returns_a_copy():
+    x = torch.tensor([[0.0, 0.0], [0.1, 0.0], [0.0, 0.1], [0.1, 0.1], [9.0, 9.0]])
+    before = x.clone()
+    out = make_aggregator("krum", f=1)(x)
+    out += 100.0
+    assert torch.equal(x, before)
+
+
+@pytest.mark.parametrize("f", [True, 1.5, -1])
+def test_f_must_be_a_non_negative_integer(f):
+    with pytest.raises(ConfigError, match=rf"^aggregator 'mean': f must be an integer >= 0, got {re.escape(repr(f))}$"):
+        AGGREGATORS["mean"](f)
