@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import pickle
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -812,3 +813,16 @@ def test_a_result_that_is_a_row_of_the_input_is_returned_as_a_copy():
 def test_f_must_be_a_non_negative_integer(f):
     with pytest.raises(ConfigError, match=rf"^aggregator 'mean': f must be an integer >= 0, got {re.escape(repr(f))}$"):
         AGGREGATORS["mean"](f)
+
+
+def test_integer_and_read_only_inputs_are_read_as_float64_without_warnings():
+    rows = np.arange(6).reshape(3, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = make_aggregator("median", f=0)(rows)
+        assert out.dtype == np.float64 and out.tolist() == [2.0, 3.0]
+        frozen = rows.astype(np.float32)
+        frozen.flags.writeable = False  # as arrays arrive through Ray
+        np.testing.assert_array_equal(make_aggregator("mean", f=0)(frozen), [2.0, 3.0])
+    out = make_aggregator("median", f=0)(torch.from_numpy(rows))
+    assert out.dtype == torch.float64 and out.tolist() == [2.0, 3.0]
