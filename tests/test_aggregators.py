@@ -749,3 +749,13 @@ def test_wrapper_base_errors_name_the_wrapper_and_the_rule():
         with pytest.raises(ConfigError, match=re.escape(message)):
             AGGREGATORS["nnm"](2, **params)
     assert make_aggregator("nnm", f=2, base={"name": "krum"}).base.f == 2
+
+
+def test_krum_ranking_orders_equal_scores_by_content_and_keeps_score_order_first():
+    from byzsgd.aggregators.krum import ranked
+
+    rows = [torch.tensor([6.0, 0.0]), torch.tensor([5.0, 9.0]), torch.tensor([0.0, 0.0]), torch.tensor([1.0, 0.0])]
+    # the tie {0, 1} is ordered by content (row 1 first); rows 2 and 3 score more, so they come
+    # after it however small their contents
+    assert ranked(np.array([1.0, 1.0, 2.0, 3.0]), rows).tolist() == [1, 0, 2, 3]
+    assert ranked(np.array([2.0, 1.0, 1.0, 1.0]), rows).tolist() == [2, 3, 1, 0]
