@@ -26,6 +26,7 @@ SYSTEMS: dict[str, dict[str, Any]] = {
     "ps + mean": dict(protocol="ps", aggregator={"name": "mean"}),
     "ps + mda": dict(protocol="ps", aggregator={"name": "mda"}),
     "byzsgd (mda, 5 servers)": dict(protocol="byzsgd", nodes={"n_ps": 5, "f_ps": 1}),
+    "byzsgd-sync (mda, 5 servers)": dict(protocol="byzsgd-sync", nodes={"n_ps": 5, "f_ps": 1}),
     "draco repetition": dict(protocol="draco", draco={"code": "repetition"}),
     "draco cyclic": dict(protocol="draco", draco={"code": "cyclic"}),
     "detox (groups of 3) + median": dict(protocol="detox", aggregator={"name": "median"}),
@@ -110,10 +111,10 @@ def message_bytes(config: Any) -> int:
     workload = Workload(config)
     worker = PROTOCOLS[config.protocol].make_node(config, "w0", workload)
     model = workload.initial_vector().numpy()
-    outgoing = []
-    for server in range(config.nodes.n_ps if config.protocol == "byzsgd" else 1):
+    outgoing = worker.start()  # ByzSGD-sync's worker draws its batch and sends its pulls here
+    for server in range(config.nodes.n_ps):  # ByzSGD's workers wait for a quorum of servers' models
         outgoing += worker.on_message(Message(f"ps{server}", "w0", "model", 0, model))
-    return int(outgoing[0].payload.nbytes)
+    return next(int(m.payload.nbytes) for m in outgoing if m.kind == "gradient")
 
 
 def gradients_per_step(config: Any, workers: int) -> int:

@@ -98,6 +98,13 @@ def ignored_settings(config: ExperimentConfig) -> list[str]:
                 f"aggregator.name={config.aggregator.name!r}: not used by protocol {config.protocol!r} "
                 "(its server decodes the exact gradient sum)"
             )
+    attack = config.attack
+    if attack.name != "none" and config.nodes.f_w == 0 and attack.count is None and attack.ids is None:
+        # The count defaults to f_w: a sweep's baseline row (f_w: 0) keeps the file's attack on purpose.
+        notes.append(
+            f"attack.name={attack.name!r} with nodes.f_w=0: no worker is Byzantine, so the attack never runs "
+            "(raise nodes.f_w to attack)"
+        )
     return notes
 
 

@@ -57,6 +57,10 @@ def run_experiment(
     """Run ``config`` into ``run_dir`` (default: a new timestamped folder); a folder that
     already holds a run is refused unless ``overwrite`` (see :func:`claim_run_dir`)."""
     check_driver_device(config)
+    if config.runtime == "ray":
+        from byzsgd.runtime.cluster import probe_cluster
+
+        probe_cluster(config)  # an unreachable cluster leaves no results folder behind to block a retry
     run_dir = resolve_output(run_dir) if run_dir is not None else new_run_dir(config)
     claim_run_dir(run_dir, overwrite)
     run_dir.mkdir(parents=True, exist_ok=True)

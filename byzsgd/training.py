@@ -101,7 +101,7 @@ class Workload:
         labels = self._y_train if labels is None else labels
         loss = F.cross_entropy(self.model(inputs), labels[index])
         loss.backward()
-        return grad_vector(self.model).detach().clone(), float(loss.detach())
+        return grad_vector(self.model), float(loss.detach())  # a fresh tensor: torch.cat copies
 
     @torch.no_grad()
     def evaluate(self, vector: torch.Tensor) -> dict[str, float]:

@@ -826,3 +826,13 @@ def test_integer_and_read_only_inputs_are_read_as_float64_without_warnings():
         np.testing.assert_array_equal(make_aggregator("mean", f=0)(frozen), [2.0, 3.0])
     out = make_aggregator("median", f=0)(torch.from_numpy(rows))
     assert out.dtype == torch.float64 and out.tolist() == [2.0, 3.0]
+
+
+def test_krum_ranking_orders_equal_scores_by_content_and_keeps_score_order_first():
+    from byzsgd.aggregators.krum import ranked
+
+    rows = [torch.tensor([6.0, 0.0]), torch.tensor([5.0, 9.0]), torch.tensor([0.0, 0.0]), torch.tensor([1.0, 0.0])]
+    # the tie {0, 1} is ordered by content (row 1 first); rows 2 and 3 score more, so they come
+    # after it however small their contents
+    assert ranked(np.array([1.0, 1.0, 2.0, 3.0]), rows).tolist() == [1, 0, 2, 3]
+    assert ranked(np.array([2.0, 1.0, 1.0, 1.0]), rows).tolist() == [2, 3, 1, 0]

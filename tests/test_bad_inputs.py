@@ -176,6 +176,10 @@ IGNORED_SETTINGS = [
         + ["--set", "server_attack.name=none", "--set", "aggregator.name=median"],
         "aggregator.name='median': not used by protocol 'draco'",
     ),
+    (
+        ["--set", "nodes.f_w=0", "--set", "attack={name: signflip}"],
+        "attack.name='signflip' with nodes.f_w=0: no worker is Byzantine",
+    ),
 ]
 
 
@@ -193,6 +197,8 @@ def test_settings_that_apply_give_no_warning(capsys):
     assert cli.main(["config", *draco]) == 0  # the default aggregator: nothing chosen, nothing ignored
     # an omniscient worker attack takes the aggregator as its target, so it is used
     assert cli.main(["config", *draco, "--set", "aggregator.name=median", "--set", "attack={name: ipm}"]) == 0
+    # f_w=0 with an explicit count of 0 says "no Byzantine worker" on purpose
+    assert cli.main(["config", "--set", "nodes.f_w=0", "--set", "attack={name: signflip, count: 0}"]) == 0
     assert capsys.readouterr().err == ""
 
 

@@ -41,6 +41,21 @@ def test_a_listening_address_passes_and_auto_is_left_to_ray():
     probe_address("auto", timeout_s=5)  # no port: Ray resolves it from this machine's running cluster
 
 
+@pytest.mark.parametrize("through", ["ray.address", "RAY_ADDRESS"])
+def test_an_unreachable_cluster_fails_before_the_results_folder_exists(tmp_path, monkeypatch, through):
+    from byzsgd.runner import run_experiment
+
+    address = f"127.0.0.1:{closed_port()}"
+    overrides = ["runtime=ray", "steps=1"] + ([f"ray.address={address}"] if through == "ray.address" else [])
+    if through == "RAY_ADDRESS":
+        monkeypatch.setenv("RAY_ADDRESS", address)
+    else:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(UnreachableClusterError, match=rf"\({through}: connection refused\)"):
+        run_experiment(load_config(None, overrides), tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # a retry with the address fixed may use the same folder
+
+
 def run_cli(tmp_path, *args, env=None):
     return subprocess.run(
         [sys.executable, "-m", "byzsgd.cli", "run", "--out", str(tmp_path / "run"), "--quiet", *args],
@@ -62,6 +77,7 @@ def test_byzsgd_run_against_an_address_where_nothing_listens_ends_in_one_line(tm
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith(f"byzsgd: cannot connect to Ray at '{address}': nothing answers there ({source}:")
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_actors_the_local_ray_cannot_host_are_refused_when_the_config_loads():

@@ -27,13 +27,11 @@ def start_ray(config: ExperimentConfig) -> bool:
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    # Inside a Ray job (ray job submit) RAY_ADDRESS names the cluster: join it, start nothing.
-    address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    address, source = cluster_address(config)
     # ray.init replaces a SIGTERM handler by one that exits at once; the caller's (the CLI's
     # turns SIGTERM into an exception, so the run records how it ended and shuts Ray down) wins.
     caller_sigterm = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     if address:
-        source = "ray.address" if config.ray.address else "RAY_ADDRESS"
         probe_address(address, config.ray.connect_timeout_s, source)
         join_cluster(address, config.ray.start_timeout_s, source)
     else:
@@ -46,6 +44,21 @@ def start_ray(config: ExperimentConfig) -> bool:
     if callable(caller_sigterm):
         signal.signal(signal.SIGTERM, caller_sigterm)
     return True
+
+
+def cluster_address(config: ExperimentConfig) -> tuple[str | None, str]:
+    """The cluster a run joins, and the setting that named it; None: start a local Ray. Inside a
+    Ray job (ray job submit) RAY_ADDRESS names the cluster: join it, start nothing."""
+    if config.ray.address:
+        return config.ray.address, "ray.address"
+    return os.environ.get("RAY_ADDRESS") or None, "RAY_ADDRESS"
+
+
+def probe_cluster(config: ExperimentConfig) -> None:
+    """Fail fast, before anything is written, when the cluster to join does not answer."""
+    address, source = cluster_address(config)
+    if address:
+        probe_address(address, config.ray.connect_timeout_s, source)
 
 
 def join_cluster(address: str, timeout_s: float, source: str) -> None:
