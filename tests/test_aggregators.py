@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import pickle
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -749,6 +750,82 @@ def test_wrapper_base_errors_name_the_wrapper_and_the_rule():
         with pytest.raises(ConfigError, match=re.escape(message)):
             AGGREGATORS["nnm"](2, **params)
     assert make_aggregator("nnm", f=2, base={"name": "krum"}).base.f == 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_exact_gram_over_several_column_blocks_keeps_every_distance(dtype):
+    # numpy (float32) and torch (bfloat16) paths, over two full column blocks and a ragged third.
+    from byzsgd.aggregators.distances import exact_gram
+
+    d = 2 * (1 << 14) + 3
+    x = (torch.randn(5, d, generator=torch.Generator().manual_seed(3), dtype=torch.float64) + 2.0).to(dtype)
+    exact = x.double()
+    g = exact_gram(x)
+    assert g.dtype == np.float64 and g.shape == (5, 5)
+    d2 = np.diag(g)[:, None] + np.diag(g)[None, :] - 2 * g
+    np.testing.assert_allclose(d2, ((exact[:, None] - exact[None]) ** 2).sum(-1).numpy(), rtol=1e-9, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_the_mean_of_chosen_half_precision_rows_is_rounded_once(dtype):
+    # accumulated in float32 and rounded once to the input precision, not weighted in half precision
+    from byzsgd.aggregators.base import mean_of
+
+    x = (torch.randn(9, 1000, generator=torch.Generator().manual_seed(5)) * 3).to(dtype)
+    rows = np.array([0, 2, 4, 5, 8])
+    out = mean_of(x, rows)
+    assert out.dtype == dtype
+    assert torch.equal(out, x[torch.from_numpy(rows)].float().mean(0).to(dtype))
+
+
+def test_too_few_finite_rows_for_the_rule_fall_back_to_their_mean():
+    # krum needs 2f+3 rows: 3 of 5 non-finite leave 2 finite ones (f drops to 0, still 3 needed)
+    x = np.arange(10, dtype=np.float64).reshape(5, 2)
+    x[[0, 2, 4]] = np.nan
+    np.testing.assert_array_equal(make_aggregator("krum", f=1)(x), (x[1] + x[3]) / 2)
+
+
+def test_a_rule_built_with_bad_params_names_the_aggregator_field():
+    with pytest.raises(ConfigError, match=r"^aggregator: unknown parameter 'foo' for aggregator 'mda'"):
+        make_aggregator("mda", f=1, foo=1)
+
+
+def test_big_endian_and_reversed_arrays_are_read_as_they_are():
+    rows = np.arange(6, dtype=np.float64).reshape(3, 2)
+    expected = rows.mean(0)
+    np.testing.assert_array_equal(make_aggregator("mean", f=0)(rows.astype(">f8")), expected)  # non-native order
+    np.testing.assert_array_equal(make_aggregator("mean", f=0)(rows[::-1]), expected)  # a negative stride
+
+
+def test_a_result_that_is_a_row_of_the_input_is_returned_as_a_copy():
+    # like_input guards every rule (a plugin's too) that returns a view of its input
+    from byzsgd.aggregators.base import like_input
+
+    x = torch.tensor([[0.0, 0.0], [0.1, 0.0]])
+    out = like_input(x[1], x, x)
+    out += 100.0
+    assert torch.equal(x, torch.tensor([[0.0, 0.0], [0.1, 0.0]]))
+    fresh = x.sum(0)
+    assert like_input(fresh, x, x) is fresh  # not a view: no copy
+
+
+@pytest.mark.parametrize("f", [True, 1.5, -1])
+def test_f_must_be_a_non_negative_integer(f):
+    with pytest.raises(ConfigError, match=rf"^aggregator 'mean': f must be an integer >= 0, got {re.escape(repr(f))}$"):
+        AGGREGATORS["mean"](f)
+
+
+def test_integer_and_read_only_inputs_are_read_as_float64_without_warnings():
+    rows = np.arange(6).reshape(3, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = make_aggregator("median", f=0)(rows)
+        assert out.dtype == np.float64 and out.tolist() == [2.0, 3.0]
+        frozen = rows.astype(np.float32)
+        frozen.flags.writeable = False  # as arrays arrive through Ray
+        np.testing.assert_array_equal(make_aggregator("mean", f=0)(frozen), [2.0, 3.0])
+    out = make_aggregator("median", f=0)(torch.from_numpy(rows))
+    assert out.dtype == torch.float64 and out.tolist() == [2.0, 3.0]
 
 
 def test_krum_ranking_orders_equal_scores_by_content_and_keeps_score_order_first():

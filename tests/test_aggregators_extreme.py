@@ -113,3 +113,33 @@ def test_torch_thread_count_is_restored():
     threads = torch.get_num_threads()
     pairwise_sq_distances(torch.ones(3, 10))
     assert torch.get_num_threads() == threads
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+@pytest.mark.parametrize("centred", [False, True])
+def test_gram_is_the_float64_gram_of_the_rows_minus_the_reference(dtype, centred):
+    # two column blocks and a ragged third; products in at least float32, sums in float64
+    d = 2 * (1 << 14) + 3
+    x = torch.randn(4, d, generator=torch.Generator().manual_seed(7), dtype=torch.float64).to(dtype) + 1
+    reference = x[2] if centred else None
+    rows = x.double() - (x[2].double() if centred else 0.0)
+    expected = (rows @ rows.T).numpy()
+    g = gram(x, reference)
+    assert g.dtype == np.float64
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5  # float32 products: ~1e-6 of the norms
+    assert np.abs(g - expected).max() <= tolerance * np.abs(expected).max()
+
+
+def test_large_but_finite_half_precision_rows_count_as_finite():
+    from byzsgd.aggregators.base import finite_rows
+
+    x = torch.full((3, 1000), 100.0, dtype=torch.float16)  # each row sums to 1e5, beyond float16's 65504
+    x[1, 0] = float("nan")
+    assert finite_rows(x).tolist() == [True, False, True]
+
+
+def test_a_row_with_a_nan_is_infinitely_far_from_every_other():
+    x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [float("nan"), 0.0]], dtype=torch.float64)
+    d2 = pairwise_sq_distances(x)
+    assert d2[0, 1] == d2[1, 0] == 1.0
+    assert d2[0, 2] == d2[2, 1] == np.inf and d2[2, 2] == 0.0

@@ -1,13 +1,19 @@
 """ByzSGD node logic, driven message by message and in the deterministic in-process runtime."""
 
 import itertools
+import math
+from collections import Counter
 
 import numpy as np
 import pytest
 import torch
 
 from byzsgd.messages import Message
-from byzsgd.protocols import PROTOCOLS
+from byzsgd.optim import make_estimator
+from byzsgd.protocols import PROTOCOLS, base
+from byzsgd.protocols.base import stack_payloads, to_payload
+from byzsgd.protocols.byzsgd import gather_period
+from byzsgd.registry import ConfigError
 from byzsgd.runner import run_experiment
 from byzsgd.runtime.local import StalledError
 from byzsgd.training import Workload
@@ -149,3 +155,156 @@ def test_local_runtime_is_deterministic():
     b = run_local(attack={"name": "signflip"})
     strip = lambda rows: [{k: v for k, v in r.items() if k not in ("time_s", "steps_per_s")} for r in rows]  # noqa: E731
     assert strip(a) == strip(b)
+
+
+@pytest.mark.parametrize(
+    ("lr", "options", "period"),
+    [
+        (0.02, {}, 16),  # floor(1 / (3 L lr)) with L = 1
+        (0.02, {"lipschitz": 2.0}, 8),
+        (0.002, {}, 50),  # 166, capped at max_period
+        (0.002, {"max_period": 100}, 100),
+        (0.5, {}, 1),  # floor(2/3) = 0: at least 1
+        (0.5, {"period": 7}, 7),  # an explicit T wins
+    ],
+)
+def test_gather_period_is_the_prototypes_bound(lr, options, period):
+    config = make_config(optimizer={"lr": lr}, byzsgd=options)
+    assert gather_period(config) == period
+    assert PROTOCOLS["byzsgd"].describe(config) == {"gather_period": period, "q_w": 5, "q_ps": 4}
+
+
+def test_after_a_gather_the_server_sends_its_contracted_model_and_drops_late_peers():
+    config = make_config(byzsgd={"period": 1})
+    server = build(config, "ps0")
+    d = server.vector.numel()
+    for i in range(5):
+        server.on_message(Message(f"w{i}", "ps0", "gradient", 0, np.zeros(d, np.float32)))
+    for i in range(1, 4):
+        out = server.on_message(Message(f"ps{i}", "ps0", "gather", 1, np.zeros(d, np.float32)))
+    assert [(m.sender, m.kind, m.round) for m in out] == [("ps0", "model", 1)] * 7
+    assert server.on_message(Message("ps4", "ps0", "gather", 1, np.zeros(d, np.float32))) == []  # late
+    assert server.rejected == {"stale": 1}
+
+
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        ({"nodes": {"n_ps": 4, "f_ps": 1}}, "n_ps=4 cannot tolerate f_ps=1: ByzSGD needs n_ps >= 3*f_ps+2 = 5"),
+        ({"nodes": {"n_ps": 7, "f_ps": 2}}, "n_ps=7 cannot tolerate f_ps=2: ByzSGD needs n_ps >= 3*f_ps+2 = 8"),
+        ({"nodes": {"n_w": 6, "f_w": 2}}, "n_w=6 cannot tolerate f_w=2: ByzSGD needs n_w >= 3*f_w+1 = 7"),
+        ({"nodes": {"n_w": 9, "f_w": 3}}, "n_w=9 cannot tolerate f_w=3: ByzSGD needs n_w >= 3*f_w+1 = 10"),
+        ({"byzsgd": {"period": 0}}, "byzsgd.period=0: must be at least 1"),
+        ({"byzsgd": {"lipschitz": 0.0}}, "byzsgd: lipschitz must be > 0, max_period and window >= 1"),
+        ({"byzsgd": {"max_period": 0}}, "byzsgd: lipschitz must be > 0, max_period and window >= 1"),
+        ({"byzsgd": {"window": 0}}, "byzsgd: lipschitz must be > 0, max_period and window >= 1"),
+        ({"aggregator": {"name": "krum"}}, "aggregator.name='krum' with f=2 needs 7 inputs, but a quorum has 5"),
+        ({"byzsgd": {"model_rule": "nope"}}, "byzsgd.model_rule: unknown aggregator 'nope'; known: arc, "),
+        (
+            {"byzsgd": {"model_rule": "bulyan"}},
+            "byzsgd.model_rule='bulyan' with f=1 needs 7 inputs, but a quorum has 4",
+        ),
+    ],
+)
+def test_byzsgd_settings_it_cannot_run_are_config_errors(sections, message):
+    with pytest.raises(ConfigError) as error:
+        make_config(**sections)
+    assert str(error.value).startswith(message)
+
+
+def test_byzsgd_accepts_its_limits():
+    config = make_config(nodes={"n_ps": 5, "f_ps": 1, "n_w": 7, "f_w": 2}, byzsgd={"max_period": 1, "window": 1})
+    assert gather_period(config) == 1 and config.options.window == 1
+    assert make_config(aggregator={"name": "krum"}, nodes={"n_w": 9, "f_w": 2}).aggregator.name == "krum"
+
+
+def test_payloads_travel_as_float32_and_their_copies_are_counted(monkeypatch):
+    monkeypatch.setattr(base, "copied_bytes", Counter())
+    vector = torch.arange(3, dtype=torch.float64)
+    payload = to_payload(vector)
+    assert payload.dtype == np.float32 and payload.tolist() == [0.0, 1.0, 2.0]
+    payload[0] = 5.0
+    assert vector[0] == 0.0  # a copy
+    to_payload(vector)
+    # a float64 tensor (a node's own vector) among numpy payloads is stacked as float32 too
+    stacked = stack_payloads([vector, np.ones(3, np.float32)], torch.device("cpu"))
+    assert stacked.dtype == torch.float32 and stacked.tolist() == [[0.0, 1.0, 2.0], [1.0, 1.0, 1.0]]
+    stack_payloads([np.ones(3, np.float32)], torch.device("cpu"))
+    assert base.copied_bytes == {"to_payload": 24, "stack_payloads": 36}
+
+
+def test_servers_report_every_eval_every_steps_and_the_last_step():
+    config = make_config(steps=7, eval_every=3, byzsgd={"period": 100})
+    server = build(config, "ps0")
+    d = server.vector.numel()
+    server.start()
+    for step in range(7):
+        for i in range(5):
+            server.on_message(Message(f"w{i}", "ps0", "gradient", step, np.zeros(d, np.float32)))
+    assert server.done and [step for step, _ in server.drain_reports()] == [0, 3, 6, 7]
+
+
+def test_a_byzsgd_server_drops_late_and_far_future_gradients_and_names_itself():
+    config = make_config(byzsgd={"period": 100, "window": 2})
+    server = build(config, "ps0")
+    d = server.vector.numel()
+    assert {m.sender for m in server.start()} == {"ps0"}
+    for i in range(5):
+        out = server.on_message(Message(f"w{i}", "ps0", "gradient", 0, np.zeros(d, np.float32)))
+    assert server.step == 1 and {m.sender for m in out} == {"ps0"}
+    assert server.on_message(Message("w5", "ps0", "gradient", 0, np.zeros(d, np.float32))) == []  # late
+    assert server.on_message(Message("w5", "ps0", "gradient", 3, np.zeros(d, np.float32))) == []  # within 2
+    assert server.on_message(Message("w5", "ps0", "gradient", 4, np.zeros(d, np.float32))) == []  # beyond
+    assert server.rejected == {"stale": 1, "future": 1}
+
+
+def test_a_scatter_step_and_the_gather_it_starts_can_finish_in_one_message():
+    config = make_config(byzsgd={"period": 1})
+    server = build(config, "ps0")
+    d = server.vector.numel()
+    for i in range(1, 4):  # the other servers' gather models for step 1 come first
+        assert server.on_message(Message(f"ps{i}", "ps0", "gather", 1, np.zeros(d, np.float32))) == []
+    for i in range(5):
+        out = server.on_message(Message(f"w{i}", "ps0", "gradient", 0, np.zeros(d, np.float32)))
+    kinds = [(m.sender, m.kind, m.round) for m in out]
+    assert kinds == [("ps0", "gather", 1)] * 4 + [("ps0", "model", 1)] * 7
+
+
+def test_a_byzsgd_worker_handles_two_rounds_in_one_message_and_drops_late_models():
+    config = make_config(byzsgd={"window": 2})
+    worker = build(config, "w0")
+    d = worker.workload.dimension
+    model = np.zeros(d, np.float32)
+    for i in range(4):
+        assert worker.on_message(Message(f"ps{i}", "w0", "model", 1, model)) == []  # round 1 first
+    for i in range(3):
+        worker.on_message(Message(f"ps{i}", "w0", "model", 0, model))
+    out = worker.on_message(Message("ps3", "w0", "model", 0, model))
+    assert worker.step == 2 and math.isfinite(worker.last_loss)
+    assert [(m.sender, m.round) for m in out] == [("w0", 0)] * 5 + [("w0", 1)] * 5
+    assert worker.on_message(Message("ps4", "w0", "model", 0, model)) == []  # late
+    assert worker.on_message(Message("ps4", "w0", "model", 5, model)) == []  # beyond the window of 2
+    assert worker.rejected == {"stale": 1, "future": 1}
+
+
+def test_a_fresh_worker_has_no_loss_yet():
+    assert math.isnan(build(make_config(), "w0").last_loss)
+
+
+def test_a_byzsgd_worker_sends_its_estimators_vector():
+    # mu^2-SGD: from the second step on, the corrected momentum differs from the raw gradient.
+    config = make_config(optimizer={"name": "mu2sgd", "lr": 0.2})
+    worker = build(config, "w0")
+    workload = worker.workload
+    models = np.random.default_rng(4).normal(size=(2, workload.dimension)).astype(np.float32)
+    out = []
+    for step in range(2):
+        for i in range(4):
+            out = worker.on_message(Message(f"ps{i}", "w0", "model", step, models[step]))
+    estimator, sampler = make_estimator(config.optimizer), workload.sampler(0)
+    estimator(workload, torch.from_numpy(models[0]), sampler.next())
+    batch = sampler.next()
+    expected, _ = estimator(workload, torch.from_numpy(models[1]), batch)
+    raw, _ = workload.gradient(torch.from_numpy(models[1]), batch)
+    np.testing.assert_allclose(out[0].payload, expected.numpy(), rtol=1e-5, atol=1e-7)
+    assert not np.allclose(out[0].payload, raw.numpy(), rtol=1e-3, atol=1e-5)

@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from byzsgd.faults import FaultInjector
-from byzsgd.messages import broadcast, timer, timer_delay
+from byzsgd.messages import Message, broadcast, timer, timer_delay
+from byzsgd.optim import make_estimator
 from byzsgd.protocols import PROTOCOLS
-from byzsgd.protocols.byzsgd_sync import outlier_bound_factor, sorted_percentile
+from byzsgd.protocols.byzsgd_sync import PULL, ByzSGDSyncServer, outlier_bound_factor, sorted_percentile
+from byzsgd.registry import ConfigError
 from byzsgd.runner import run_experiment
 from byzsgd.training import Workload
 from tests.conftest import make_config
@@ -191,3 +193,164 @@ def test_sync_on_ray_times_out_a_silent_server_and_trains(ray_cluster, tmp_path)
     result = run_experiment(config, tmp_path / "run")
     assert result.summary["status"] == "finished" and result.rows[-1]["step"] == 20
     assert result.rows[-1]["test_acc"] > 0.5
+
+
+def pull(sender, step, receiver="ps0"):
+    return Message(sender, receiver, "pull", step, PULL)
+
+
+def test_a_sync_server_answers_each_workers_pull_once_and_counts_every_bad_pull():
+    config = sync_config(**{"byzsgd-sync": {"window": 2}})
+    server = PROTOCOLS["byzsgd-sync"].make_node(config, "ps0", Workload(config))
+    assert server.on_message(pull("w0", 0)) == []  # nothing published before start: the pull waits
+    out = server.start()
+    assert [(m.receiver, m.kind, m.round) for m in out] == [("w0", "model", 0)]
+    np.testing.assert_array_equal(out[0].payload, server.vector.numpy())
+    assert server.on_message(pull("w0", 0)) == server.on_message(pull("w3", -1)) == []  # a replay, no step: stale
+    assert server.on_message(pull("ps1", 0)) == server.on_message(pull("w99", 0)) == []  # not workers
+    assert server.on_message(pull("w1", 3)) == server.on_message(pull("w1", 4)) == []  # beyond the window
+    assert server.on_message(pull("w2", 2)) == []  # within the window: answered once the server is there
+    assert server.rejected == {"stale": 2, "unexpected_sender": 2, "future": 2}
+    assert server.pulls == {2: ["w2"]}
+
+
+def test_a_sync_server_built_directly_answers_pulls():
+    config = sync_config()
+    workload = Workload(config)
+    vector = workload.initial_vector()
+    server = ByzSGDSyncServer(
+        "ps0", vector, servers=SERVERS, workers=WORKERS, aggregator=lambda x: x.mean(0), model_rule=lambda x: x[0],
+        optimizer=None, q_w=5, q_ps=4, period=10, steps=3, report_every=1, window=8,
+    )
+    server.start()
+    (answer,) = server.on_message(pull("w3", 0))
+    assert (answer.receiver, answer.round) == ("w3", 0) and np.array_equal(answer.payload, vector.numpy())
+
+
+def test_a_sync_worker_that_has_the_next_steps_model_runs_both_steps_at_once():
+    config = sync_config()
+    workload = Workload(config)
+    worker = PROTOCOLS["byzsgd-sync"].make_node(config, "w0", workload)
+    worker.start()
+    x0 = workload.initial_vector()
+    next_model = honest_models(x0, workload, 1, seed=1)["ps1"]  # step 1 asks ps1 first
+    assert deliver(worker, 1, {"ps1": next_model}) == []  # early: kept for step 1
+    out = deliver(worker, 0, {s: x0.numpy() for s in SERVERS[:4]})
+    assert worker.step == 2 and worker.accepted_from == ["median", "ps1"]
+    assert {m.sender for m in out} == {"w0"}
+    gradients = [(m.round, m.receiver) for m in out if m.kind == "gradient"]
+    assert gradients == [(0, s) for s in SERVERS] + [(1, s) for s in SERVERS]
+    assert [(m.round, m.receiver) for m in out if m.kind == "pull"] == [(1, "ps1"), (2, "ps2")]
+    assert worker.asked == ["ps2"]
+    deliver(worker, 0, {"ps4": x0.numpy()})  # step 0 is over: a late model for it is stale
+    assert worker.rejected["stale"] == 1
+
+
+def test_a_sync_worker_at_a_gather_step_asks_every_server():
+    config = sync_config()
+    worker = PROTOCOLS["byzsgd-sync"].make_node(config, "w0", Workload(config))
+    out = worker.start()
+    assert worker.asked == SERVERS
+    assert [(m.sender, m.receiver, m.kind, m.round) for m in out] == [("w0", s, "pull", 0) for s in SERVERS]
+
+
+def test_a_sync_worker_sends_its_estimators_vector_not_the_raw_gradient():
+    # mu^2-SGD's worker sends its corrected momentum, computed at each accepted model on the step's batch.
+    config = make_config(
+        protocol="byzsgd-sync", optimizer={"name": "mu2sgd", "lr": 0.2}, **{"byzsgd-sync": {"period": 10}}
+    )
+    workload = Workload(config)
+    worker = PROTOCOLS["byzsgd-sync"].make_node(config, "w0", workload)
+    worker.start()
+    x0 = workload.initial_vector()
+    deliver(worker, 0, {s: x0.numpy() for s in SERVERS[:4]})
+    x1 = honest_models(x0, workload, 1, seed=1)["ps1"]  # step 1 asks ps1 first
+    out = deliver(worker, 1, {"ps1": x1})
+    assert worker.accepted_from == ["median", "ps1"]
+    estimator, sampler = make_estimator(config.optimizer), workload.sampler(0)
+    estimator(workload, x0, sampler.next())
+    batch = sampler.next()
+    expected, _ = estimator(workload, torch.from_numpy(x1), batch)
+    raw, _ = workload.gradient(torch.from_numpy(x1), batch)
+    sent = [m.payload for m in out if m.kind == "gradient"][0]
+    np.testing.assert_allclose(sent, expected.numpy(), rtol=1e-5, atol=1e-7)
+    assert not np.allclose(sent, raw.numpy(), rtol=1e-3, atol=1e-5)
+
+
+def filter_worker(**options):
+    """A sync worker past its Gather step 0, at step 1, whose last accepted model is 0 with gradient 10 e_0."""
+    config = sync_config(**{"byzsgd-sync": options})  # n_w = 7, f_w = 2, T = 10, lr = 0.2
+    worker = PROTOCOLS["byzsgd-sync"].make_node(config, "w0", Workload(config))
+    d = worker.workload.dimension
+    worker.step = 1
+    worker.previous = (torch.zeros(d), 10 * unit(d, 0))
+    return worker, d
+
+
+def unit(d, i):
+    e = torch.zeros(d)
+    e[i] = 1.0
+    return e
+
+
+def test_the_lipschitz_filter_records_kardams_k_and_accepts_up_to_the_percentile():
+    worker, d = filter_worker()
+    assert worker.percentile == 80.0  # 100 (n_ps - f_ps) / n_ps
+    x_prev, g_prev = worker.previous
+    # k = ||g - g_prev|| / ||x - x_prev||: a move of 2 with a gradient change of 6 gives 3.
+    assert worker.passes(x_prev + 2 * unit(d, 1), g_prev + 6 * unit(d, 2))
+    # No move and no gradient change: k = 0, not a division by zero.
+    assert worker.passes(x_prev.clone(), g_prev.clone())
+    assert worker.lipschitz_history == [0.0, 3.0]
+    worker.lipschitz_history = [3.0, 3.0, 3.0]  # past the warmup: the 80th percentile is 3
+    assert worker.passes(x_prev + unit(d, 1), g_prev + 3 * unit(d, 2))  # k = 3 <= 3: accepted
+    assert not worker.passes(x_prev + unit(d, 1), g_prev + 4 * unit(d, 2))  # k = 4 > 3
+    assert not worker.passes(x_prev + unit(d, 1), g_prev + 5 * unit(d, 2))
+    assert worker.rejected == {"filter_lipschitz": 2}
+
+
+def test_the_outlier_filter_bounds_the_distance_to_the_workers_own_step():
+    worker, d = filter_worker(warmup=100)
+    x_prev, g_prev = worker.previous
+    expected = x_prev - 0.2 * g_prev  # where the worker's own gradient takes its last model: -2 e_0
+    # bound = lr ||g_prev|| ((3T+2)(n_w-f_w)/(4 f_w) + 2((t-1) mod T)) = 2 * 20 = 40 at t = 1
+    assert worker.passes(expected + 40 * unit(d, 1), g_prev)  # on the bound: accepted
+    assert worker.passes(expected - 38 * unit(d, 0), g_prev)  # 38 from x_prev - lr g, 42 from x_prev + lr g
+    assert not worker.passes(expected + 41 * unit(d, 1), g_prev)
+    assert not worker.passes(expected - 41 * unit(d, 1), g_prev)
+    assert worker.rejected == {"filter_outlier": 2}
+
+
+def test_a_model_or_gradient_that_is_not_finite_is_rejected_before_any_k():
+    worker, d = filter_worker()
+    x_prev, g_prev = worker.previous
+    huge = torch.full((d,), 3e38)
+    assert not worker.passes(huge, g_prev)  # the distance overflows, the gradient change is finite
+    assert not worker.passes(x_prev + unit(d, 1), g_prev + huge)  # the other way round
+    assert worker.rejected == {"filter_non_finite": 2} and worker.lipschitz_history == []
+
+
+def test_when_every_server_was_rejected_the_worker_takes_the_median_of_the_answers():
+    config = sync_config()
+    worker, workload = start(config)
+    x_prev = worker.previous[0]
+    far = {s: (x_prev + 1e3 * (i + 1)).numpy() for i, s in enumerate(SERVERS)}  # every one an outlier
+    order = SERVERS[1:] + SERVERS[:1]  # step 1 starts its rotation at ps1
+    for server in order[:4]:
+        deliver(worker, 1, {server: far[server]})
+    # the 4th rejection asked the last server (ps0), but q_ps = 4 answers are in: no need to wait for it
+    assert worker.step == 2 and worker.accepted_from[-1] == "median"
+    assert worker.rejected == {"filter_outlier": 4, "filter_fallback": 1}
+    first = np.stack([far[s] for s in order[:4]])
+    np.testing.assert_allclose(worker.previous[0].numpy(), np.median(first, axis=0), rtol=1e-6)
+    for server in SERVERS[2:] + SERVERS[:1]:  # step 2 starts at ps2; again every model is an outlier
+        deliver(worker, 2, {server: (worker.previous[0] + 1e3).numpy()})
+    assert worker.step == 3 and worker.rejected["filter_fallback"] == 2
+
+
+def test_sync_settings_checks():
+    assert sync_config(**{"byzsgd-sync": {"warmup": 0, "pull_timeout": 0.5}}).options.warmup == 0
+    with pytest.raises(ConfigError, match="byzsgd-sync.warmup=-1: must be >= 0"):
+        sync_config(**{"byzsgd-sync": {"warmup": -1}})
+    with pytest.raises(ConfigError, match=r"byzsgd-sync.pull_timeout=0.0: must be > 0 \(time units\)"):
+        sync_config(**{"byzsgd-sync": {"pull_timeout": 0.0}})

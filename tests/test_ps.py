@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from byzsgd.messages import Message
+from byzsgd.messages import Message, timer_delay
 from byzsgd.protocols import PROTOCOLS
 from byzsgd.registry import ConfigError
 from byzsgd.runner import run_experiment
@@ -151,3 +151,46 @@ def test_ps_waiting_for_all_on_ray_times_out_silent_workers(ray_cluster, tmp_pat
     config = ps_config(**sync, eval_every=10, aggregator={"name": "median"}, attack={"name": "silent", "count": 3})
     result = run_experiment(config, tmp_path / "run")
     assert result.summary["status"] == "finished" and result.rows[-1]["step"] == 20
+
+
+def test_ps_describe_names_what_the_server_waits_for():
+    assert PROTOCOLS["ps"].describe(ps_config()) == {"q_w": 5}  # n_w - f_w = 7 - 2
+    waiting = ps_config(nodes=SYNC_17, aggregator={"name": "median"}, ps={"wait": "all", "timeout": 3.5})
+    assert PROTOCOLS["ps"].describe(waiting) == {"wait": "all", "timeout": 3.5}
+
+
+def test_ps_window_must_be_at_least_one():
+    assert ps_config(ps={"window": 1}).options.window == 1
+    with pytest.raises(ConfigError, match="ps.window=0: must be at least 1"):
+        ps_config(ps={"window": 0})
+
+
+def test_a_waiting_server_times_its_first_step_and_keeps_a_float32_model():
+    config = ps_config(nodes=SYNC_17, aggregator={"name": "median"}, ps={"wait": "all", "timeout": 3.5})
+    server = build(config, "ps0")
+    out = server.start()
+    assert [(m.sender, m.kind, m.round) for m in out] == [("ps0", "model", 0)] * 17 + [("ps0", "timeout", 0)]
+    assert timer_delay(out[-1]) == 3.5
+    d = server.vector.numel()
+    gradients = np.random.default_rng(0).normal(size=(17, d)).astype(np.float32)
+    # Round 1's gradients come early; round 0 then completes on its timeout with 9 of 17 (NaN rows
+    # for the silent ones), and round 1, already complete, steps in the same call.
+    for i in range(17):
+        server.on_message(Message(f"w{i}", "ps0", "gradient", 1, gradients[i]))
+    for i in range(9):
+        server.on_message(Message(f"w{i}", "ps0", "gradient", 0, gradients[i]))
+    out = server.on_message(out[-1])
+    assert server.step == 2 and server.vector.dtype == torch.float32
+    assert [(m.sender, m.kind, m.round) for m in out] == (
+        [("ps0", "model", 1)] * 17 + [("ps0", "timeout", 1)] + [("ps0", "model", 2)] * 17 + [("ps0", "timeout", 2)]
+    )
+    assert server.on_message(Message("w9", "ps0", "gradient", 0, gradients[9])) == []  # round 0 is over
+    assert server.rejected == {"stale": 1}
+
+
+def test_ps_needs_a_correct_worker_and_a_positive_timeout():
+    with pytest.raises(ConfigError, match="nodes.f_w=3: at least one of the n_w=3 workers must be correct"):
+        ps_config(nodes={"n_ps": 1, "f_ps": 0, "n_w": 3, "f_w": 3}, aggregator={"name": "mean"})
+    assert ps_config(ps={"timeout": 0.5}).options.timeout == 0.5
+    with pytest.raises(ConfigError, match=r"ps.timeout=0.0: must be > 0 \(network time units\)"):
+        ps_config(ps={"timeout": 0.0})
