@@ -28,13 +28,15 @@ test-fast: $(BIN)/byzsgd
 # [tool.byzsgd-mutation.GROUP] in pyproject.toml (the files it mutates, the tests that judge them),
 # then prints each module's score and the surviving mutants. GROUPS picks groups (default: all),
 # MUTANTS narrows to mutant-name globs, e.g. make mutation GROUPS=aggregators MUTANTS='byzsgd.aggregators.mda*'.
-# Results are cached under mutants/GROUP/ (a re-run tries only what changed); FRESH=1 starts over.
+# Results are cached under mutants/GROUP/ (a re-run tries only what changed); FRESH=1 starts over;
+# JOBS=N runs N mutants at once (default: one per core).
 GROUPS ?=
 MUTANTS ?=
 FRESH ?=
+JOBS ?=
 mutation: $(BIN)/byzsgd
 	RAY_USAGE_STATS_ENABLED=0 OMP_NUM_THREADS=1 HYPOTHESIS_PROFILE=mutation $(BIN)/python tests/mutation_run.py \
-		$(GROUPS) $(if $(MUTANTS),--mutants $(MUTANTS)) $(if $(FRESH),--fresh)
+		$(GROUPS) $(if $(MUTANTS),--mutants $(MUTANTS)) $(if $(FRESH),--fresh) $(if $(JOBS),--max-children $(JOBS))
 	$(BIN)/python tests/mutation_report.py
 
 lint: $(BIN)/byzsgd

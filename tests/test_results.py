@@ -92,6 +92,20 @@ def test_claim_refuses_a_file_and_a_folder_in_place_of_a_run_file(tmp_path):
     assert (tmp_path / results.CONFIG_FILE).exists()  # checked before anything is removed
 
 
+def test_claim_asks_for_write_and_search_permission_where_the_folder_goes(tmp_path, monkeypatch):
+    # As for a user without write permission there (root writes anywhere, so the OS is asked through a stand-in).
+    monkeypatch.setattr(results.os, "access", lambda path, mode: not mode & os.W_OK)
+    with pytest.raises(ConfigError, match=rf"cannot be created or written in '{re.escape(str(tmp_path))}'"):
+        results.claim_run_dir(tmp_path / "run")
+
+
+def test_claim_names_the_folder_that_already_holds_a_run(tmp_path):
+    (tmp_path / results.SUMMARY_FILE).write_text("{}")
+    expected = rf"^results folder '{re.escape(str(tmp_path))}' already holds a run \(summary.json\)"
+    with pytest.raises(ConfigError, match=expected):
+        results.claim_run_dir(tmp_path)
+
+
 def test_claim_refuses_a_folder_it_cannot_write_in(tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir()
