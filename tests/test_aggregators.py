@@ -191,6 +191,33 @@ def test_geometric_median_of_points_with_duplicates_and_a_line():
     np.testing.assert_allclose(make_aggregator("geometric_median", f=1)(same), np.ones(3))
 
 
+def test_geometric_median_weights_start_from_the_first_row_that_n_f_rows_coincide_with():
+    # Rows 1, 2, 4 coincide: with f=2 of n=5 they are n-f rows at distance 0, so s = 0 and the
+    # weights are exactly 1/3 on them (a Weiszfeld run would leave ~1e-9 on the far rows).
+    x = np.array([[9.0, 1.0], [1.0, 2.0], [1.0, 2.0], [-7.0, 4.0], [1.0, 2.0]])
+    expected = [0.0, 1 / 3, 1 / 3, 0.0, 1 / 3]
+    rule_ = make_aggregator("geometric_median", f=2)
+    np.testing.assert_array_equal(rule_.weights(torch.from_numpy(x)), expected)  # f: the rule's own
+    # A larger f is cut down to the most a rule over n rows tolerates, (n-1)//2 = 2.
+    np.testing.assert_array_equal(rule_.weights(torch.from_numpy(x), f=99), expected)
+    np.testing.assert_array_equal(make_aggregator("geometric_median", f=0).weights(torch.from_numpy(x), 99), expected)
+
+
+def test_geometric_median_weights_break_ties_by_index():
+    # Six of seven rows coincide, one more than n-f = 5: the first five of them get the weight,
+    # whichever sort algorithm numpy picks for this machine (its default one is not stable).
+    x = np.zeros((7, 3))
+    x[3] = 1.0
+    np.testing.assert_array_equal(
+        make_aggregator("geometric_median", f=2).weights(torch.from_numpy(x)), [0.2, 0.2, 0.2, 0.0, 0.2, 0.2, 0.0]
+    )
+
+
+def test_geometric_median_defaults_are_the_readmes():
+    rule_ = make_aggregator("geometric_median", f=1)
+    assert (rule_.tol, rule_.max_iter, rule_.eps) == (1e-10, 10_000, 1e-8)
+
+
 def test_centered_clipping_reference_and_explicit_center():
     x = sample(9, 4, 0)
     rule_ = make_aggregator("centered_clipping", f=2, tau=0.5, iterations=4)
@@ -233,7 +260,7 @@ def test_centered_clipping_refuses_a_center_of_the_wrong_size():
 
 
 def test_coordinate_median_needs_a_vector_but_not_a_coordinate():
-    with pytest.raises(ValueError, match="coordinate_median of zero vectors"):
+    with pytest.raises(ValueError, match="^coordinate_median of zero vectors$"):
         coordinate_median(np.zeros((0, 3)))
     assert coordinate_median(np.zeros((3, 0))).shape == (0,)
 
@@ -289,8 +316,12 @@ def test_nnm_of_bfloat16_mixes_in_float32():
 
 
 def test_trimmed_mean_on_many_rows_and_in_bfloat16():
+    # 101 rows: past the sizes that numpy's partition happens to sort completely, so a partition
+    # at the wrong rank would show.
+    for n, f in [(31, 5), (101, 25), (101, 50)]:
+        x = sample(n, 200, n)
+        np.testing.assert_allclose(make_aggregator("trimmed_mean", f=f)(x), ref_trimmed_mean(x, f), atol=1e-12)
     x = sample(31, 200, 10)
-    np.testing.assert_allclose(make_aggregator("trimmed_mean", f=5)(x), ref_trimmed_mean(x, 5), atol=1e-12)
     x[:5] += 100.0  # far rows: keeping any of them would show
     half = torch.from_numpy(x).to(torch.bfloat16)  # the torch path: numpy has no bfloat16
     expected = torch.from_numpy(ref_trimmed_mean(half.double().numpy(), 5))
@@ -440,6 +471,21 @@ def test_coordinate_median(n):
     np.testing.assert_allclose(bf.float().numpy(), np.median(x, axis=0), atol=0.05)
 
 
+@pytest.mark.parametrize("n,d", [(3, 4), (5, 4), (13, 4), (5, 32 * 5 * 4 + 7)])  # 3 and wide 5: networks
+def test_median_of_an_odd_count_is_one_of_the_inputs_even_a_subnormal_one(n, d):
+    # Halving a subnormal loses its last bit (the smallest one halves to 0): the middle value of
+    # an odd count must be returned as it is, not as half of it plus half of it.
+    rng = np.random.default_rng(n + d)
+    for dtype in [np.float32, np.float64]:
+        tiny = np.finfo(dtype).smallest_subnormal
+        x = (rng.integers(1, 8, size=(n, d)) * 2 - 1).astype(dtype) * tiny  # odd multiples of it
+        expected = np.sort(x, axis=0)[n // 2]
+        np.testing.assert_array_equal(coordinate_median(x), expected)
+    tiny = torch.tensor(2.0**-133, dtype=torch.bfloat16)  # bfloat16's smallest subnormal: the torch path
+    x = torch.from_numpy(rng.integers(1, 8, size=(n, d)) * 2 - 1).to(torch.bfloat16) * tiny
+    assert torch.equal(coordinate_median(x), x.sort(dim=0).values[n // 2])
+
+
 def partition_median(x: np.ndarray) -> np.ndarray:
     """The median as computed before the sorting network (one np.partition): NaN sorts last."""
     n = len(x)
@@ -491,6 +537,18 @@ def test_median_network_is_exact(n, dtype, partition_calls):
     np.testing.assert_array_equal(out, old)  # equal up to the sign of a zero
     perm = np.random.default_rng(n).permutation(n)
     np.testing.assert_array_equal(coordinate_median(x[perm]), out)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("n", [2, 4, 6, 12])
+def test_median_network_halves_as_the_partition_path_does_near_zero(n, dtype):
+    # Halving a subnormal middle value rounds it: the network must round as the partition path
+    # does (each middle value halved in the input's precision), or a column's median would depend
+    # on how many columns come with it.
+    tiny = np.finfo(dtype).smallest_normal
+    x = (np.random.default_rng(n).standard_normal((n, network_sized(n))) * 2 * tiny).astype(dtype)
+    assert (np.abs(x) < tiny).mean() > 0.2  # many subnormals, of both signs
+    np.testing.assert_array_equal(coordinate_median(x), partition_median(x))
 
 
 @pytest.mark.parametrize("n", range(1, 17))
@@ -736,6 +794,34 @@ def test_mean_around_median_with_ties_and_small_windows(seed):
         np.testing.assert_allclose(mean_around_median(torch.from_numpy(x), keep), expected)
         x32 = torch.from_numpy(x).to(torch.bfloat16)  # the torch path (numpy has no bfloat16)
         np.testing.assert_allclose(mean_around_median(x32, keep).double(), expected, atol=0.02)
+
+
+@pytest.mark.parametrize("dtype,top", [(torch.float16, 2048), (torch.bfloat16, 256)])  # numpy's path, torch's
+def test_mean_around_median_of_half_precision_sums_in_float32_and_rounds_once(dtype, top):
+    # Integers up to `top` are exact in the format (11 and 8 bits), and so are an odd count's
+    # median and the distances to it; their sums are not. Summed in float32 and rounded once,
+    # the result is the exact mean rounded to the input's precision.
+    from byzsgd.aggregators.classic import mean_around_median
+
+    rng = np.random.default_rng(4)
+    n = 7
+    x = rng.integers(top - 56, top + 1, size=(n, 400)).astype(np.float64)
+    x[:, :200] = rng.integers(top - 16, top - 6, size=(n, 200))  # many equal values: copies of the keep-th key
+    for keep in range(1, n + 1):
+        out = mean_around_median(torch.from_numpy(x).to(dtype), keep)
+        assert out.dtype == dtype
+        expected = torch.from_numpy(ref_meamed(x, n - keep)).float().to(dtype)
+        assert torch.equal(out, expected), keep
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mean_around_median_sums_only_the_values_it_keeps(dtype):
+    # Five equal rows of 2^126: three of them sum to below float32's largest value, five do not.
+    from byzsgd.aggregators.classic import mean_around_median
+
+    x = torch.full((5, 2), 2.0**126, dtype=dtype)
+    assert torch.equal(mean_around_median(x, 3), x[0])
+    assert torch.equal(make_aggregator("meamed", f=2)(x), x[0])
 
 
 def test_wrapper_base_errors_name_the_wrapper_and_the_rule():
