@@ -48,38 +48,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from byzsgd.aggregators import AGGREGATORS, Aggregator, Mean, make_aggregator, min_diameter_subset
+from byzsgd.aggregators import Aggregator, Mean, make_aggregator, min_diameter_subset
 from byzsgd.registry import ConfigError
+from tests.test_aggregators import ROBUST, RULES, smallest_n  # every rule, with robust parameters
 
-# Parameters per rule for these tests; a rule whose parameters depend on the cloud's scale
-# gets them from `params_for`.
-RULES: dict[str, dict] = {
-    "mean": {},
-    "median": {},
-    "trimmed_mean": {},
-    "meamed": {},
-    "geometric_median": {},
-    "krum": {},
-    "multikrum": {},
-    "bulyan": {},
-    "mda": {},
-    "centered_clipping": {"iterations": 3},
-    "nnm": {"base": "median"},
-    "bucketing": {"base": "median", "s": 2, "seed": 3},
-    "clipping": {"base": "median"},
-    "arc": {"base": "trimmed_mean"},
-    "ctma": {"base": {"name": "nnm", "params": {"base": "median"}}},
-}
-ROBUST = sorted(set(RULES) - {"mean"})
 # Norms measured from the origin, or an absolute threshold: no translation equivariance.
 NOT_TRANSLATION_EQUIVARIANT = {"clipping", "arc"}
 # An absolute threshold (tau, the clipping threshold): no scale equivariance.
 NOT_SCALE_EQUIVARIANT = {"clipping", "centered_clipping"}
 PLACEMENTS = ["inside", "edge", "far"]
-
-
-def test_every_registered_rule_is_covered():
-    assert sorted(RULES) == AGGREGATORS.names()
 
 
 @dataclass
@@ -109,6 +86,7 @@ class Cloud:
 
 
 def params_for(name: str, cloud: Cloud) -> dict:
+    """The shared parameters, with the thresholds that depend on the cloud's scale set for it."""
     params = dict(RULES[name])
     if name == "centered_clipping":
         params["tau"] = cloud.scale
@@ -122,17 +100,10 @@ def rule(name: str, f: int, cloud: Cloud):
     return make_aggregator(name, f=f, **params_for(name, cloud))
 
 
-def needed(name: str, f: int) -> int:
-    params = dict(RULES[name])
-    if name in ("centered_clipping", "clipping"):
-        params["tau" if name == "centered_clipping" else "threshold"] = 1.0
-    return AGGREGATORS[name].min_inputs(f, **params)
-
-
 @st.composite
 def clouds(draw, name: str, placements: list[str] = PLACEMENTS) -> Cloud:
     f = draw(st.integers(1, 2))
-    n = max(needed(name, f), 2 * f + 1) + draw(st.integers(0, 2))
+    n = max(smallest_n(name, f), 2 * f + 1) + draw(st.integers(0, 2))
     d = draw(st.integers(1, 5))
     scale = 10.0 ** draw(st.integers(-3, 3))
     offset_size = 10.0 ** draw(st.integers(-2, 4)) * draw(st.sampled_from([0.0, 1.0]))
@@ -217,8 +188,8 @@ def close(a: np.ndarray, b: np.ndarray, size: float) -> bool:
 @given(data=st.data())
 def test_translating_the_inputs_translates_the_output(name, data):
     cloud = data.draw(clouds(name, ["inside", "edge"]))
-    shift = cloud.scale * 10.0 ** data.draw(st.integers(-1, 3)) * np.random.default_rng(1).standard_normal(
-        cloud.x.shape[1]
+    shift = (
+        cloud.scale * 10.0 ** data.draw(st.integers(-1, 3)) * np.random.default_rng(1).standard_normal(cloud.x.shape[1])
     )
     out = rule(name, cloud.f, cloud)(cloud.x)
     moved = rule(name, cloud.f, cloud)(cloud.x + shift)

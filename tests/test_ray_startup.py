@@ -80,16 +80,19 @@ def test_byzsgd_run_against_an_address_where_nothing_listens_ends_in_one_line(tm
     assert not (tmp_path / "run").exists()
 
 
+# 3 servers and 4 workers, one actor each by default
+SEVEN_NODES_ON_RAY = [
+    "runtime=ray",
+    "nodes.n_ps=3",
+    "nodes.f_ps=0",
+    "server_attack={name: none}",
+    "nodes.n_w=4",
+    "nodes.f_w=1",
+]
+
+
 def test_actors_the_local_ray_cannot_host_are_refused_when_the_config_loads():
-    overrides = [
-        "runtime=ray",
-        "nodes.n_ps=3",
-        "nodes.f_ps=0",
-        "server_attack={name: none}",
-        "nodes.n_w=4",
-        "nodes.f_w=1",
-        "attack.name=none",
-    ]
+    overrides = [*SEVEN_NODES_ON_RAY, "attack.name=none"]
     with pytest.raises(ConfigError) as error:
         load_config(None, [*overrides, "ray.num_cpus=2", "ray.num_cpus_per_actor=0.5"])
     assert str(error.value) == (
@@ -104,15 +107,7 @@ def test_actors_the_local_ray_cannot_host_are_refused_when_the_config_loads():
 
 
 def test_the_fault_injectors_actor_counts_too():
-    overrides = [
-        "runtime=ray",
-        "nodes.n_ps=3",
-        "nodes.f_ps=0",
-        "server_attack={name: none}",
-        "nodes.n_w=4",
-        "nodes.f_w=1",
-        "ray.num_cpus=1",
-    ]
+    overrides = [*SEVEN_NODES_ON_RAY, "ray.num_cpus=1"]
     load_config(None, [*overrides, "attack={name: signflip}", "ray.num_cpus_per_actor=0.14"])  # 7 x 0.14 = 0.98
     with pytest.raises(ConfigError, match=r"0.14 x 8 actors needs 1.12 CPUs"):
         load_config(None, [*overrides, "attack={name: alie}", "ray.num_cpus_per_actor=0.14"])  # + the adversary

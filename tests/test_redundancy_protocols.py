@@ -104,9 +104,7 @@ def test_detox_waits_for_a_strict_majority_of_each_file():
 def test_detox_hierarchical_stage_takes_the_rule_over_bucket_means_of_the_file_votes():
     # 15 workers in 5 groups of 3, one Byzantine (it cannot win a vote): 5 honest file votes,
     # shuffled and averaged in 2 buckets (3 + 2 votes), then the median of the 2 bucket means.
-    config = make_config(
-        protocol="detox", nodes=one_server(15, 1), aggregator={"name": "median"}, detox={"buckets": 2}
-    )
+    config = make_config(protocol="detox", nodes=one_server(15, 1), aggregator={"name": "median"}, detox={"buckets": 2})
     server = one_round(config, {4}, garbage)
     votes = honest_partition_gradients(config, 5, Workload(config).initial_vector())
     order = np.random.default_rng([config.seed, 2019]).permutation(5)
@@ -301,11 +299,18 @@ def test_describe_reports_each_coded_protocols_settings():
     solon = make_config(**SETTINGS["solon"])  # r = 2 f_w + r_c by default
     assert PROTOCOLS["solon"].describe(solon) == {"load": 4, "compression": 2}
     detox = make_config(
-        protocol="detox", detox={"assignment": "mols", "buckets": 5}, nodes=one_server(15, 2),
-        attack={"name": "signflip"}, aggregator={"name": "median"},
+        protocol="detox",
+        detox={"assignment": "mols", "buckets": 5},
+        nodes=one_server(15, 2),
+        attack={"name": "signflip"},
+        aggregator={"name": "median"},
     )
     assert PROTOCOLS["detox"].describe(detox) == {
-        "assignment": "mols(l=5, r=3)", "files": 25, "load": 5, "c_max": 1, "buckets": 5,
+        "assignment": "mols(l=5, r=3)",
+        "files": 25,
+        "load": 5,
+        "c_max": 1,
+        "buckets": 5,
         "eigenvalue_bound": 2.105,  # ByzShield's (q l - beta) / (t - 1) = 40/19 for q=2, to 3 decimals
         "distorted_files": 1,
     }
@@ -326,11 +331,16 @@ def test_an_undecodable_round_says_why(name):
     assert str(not_yet.value) == str(reason.value) != ""
 
 
-def test_a_round_no_one_can_decode_stops_the_server_with_the_reason():
-    config = make_config(protocol="draco", nodes=one_server(3, 1))  # one group of 3: 2 equal copies needed
+def started_draco_server():
+    """A started DRACO repetition server of one group of 3 workers (f_w = 1), and its dimension."""
+    config = make_config(protocol="draco", nodes=one_server(3, 1))
     server = PROTOCOLS["draco"].make_node(config, "ps0", Workload(config))
     server.start()
-    d = server.vector.numel()
+    return server, server.vector.numel()
+
+
+def test_a_round_no_one_can_decode_stops_the_server_with_the_reason():
+    server, d = started_draco_server()  # one group of 3: 2 equal copies needed
     server.on_message(Message("w0", "ps0", "gradient", 0, np.zeros(d, np.float32)))
     server.on_message(Message("w1", "ps0", "gradient", 0, np.ones(d, np.float32)))
     assert server.step == 0  # 2 = n_w - f_w messages, but they disagree: wait for the third
@@ -340,10 +350,7 @@ def test_a_round_no_one_can_decode_stops_the_server_with_the_reason():
 
 
 def test_one_message_can_finish_a_round_and_leave_the_next_one_waiting():
-    config = make_config(protocol="draco", nodes=one_server(3, 1))
-    server = PROTOCOLS["draco"].make_node(config, "ps0", Workload(config))
-    server.start()
-    d = server.vector.numel()
+    server, d = started_draco_server()
     # Round 1 arrives early and disagrees; round 0's second equal copy then decodes round 0.
     server.on_message(Message("w0", "ps0", "gradient", 1, np.zeros(d, np.float32)))
     server.on_message(Message("w1", "ps0", "gradient", 1, np.ones(d, np.float32)))
@@ -356,10 +363,7 @@ def test_one_message_can_finish_a_round_and_leave_the_next_one_waiting():
 
 
 def test_one_message_can_finish_two_rounds():
-    config = make_config(protocol="draco", nodes=one_server(3, 1))
-    server = PROTOCOLS["draco"].make_node(config, "ps0", Workload(config))
-    server.start()
-    d = server.vector.numel()
+    server, d = started_draco_server()
     for k in (0, 1):  # round 1 is decodable before round 0 is
         server.on_message(Message(f"w{k}", "ps0", "gradient", 1, np.ones(d, np.float32)))
     server.on_message(Message("w0", "ps0", "gradient", 0, np.ones(d, np.float32)))
@@ -435,7 +439,8 @@ def test_with_everyone_heard_a_file_nobody_sent_becomes_a_nan_vote_and_the_other
     liar = max(set(range(15)) - silent)  # its copies tie with a single honest one: ties go to lower indices
     received = {
         k: np.concatenate([copy_of(f, 100.0 if k == liar else 0.0) for f in assignment.files_of(k)])
-        for k in range(15) if k not in silent
+        for k in range(15)
+        if k not in silent
     }
     votes = scheme.aggregate(received, complete=True)
     assert votes.shape == (25, 2) and votes.dtype == np.float32 and np.isnan(votes[0]).all()
@@ -551,10 +556,7 @@ def test_detox_steps_with_the_rule_over_honest_file_votes_for_several_steps():
 
 
 def test_only_a_workers_gradient_counts_as_heard():
-    config = make_config(protocol="draco", nodes=one_server(3, 1))
-    server = PROTOCOLS["draco"].make_node(config, "ps0", Workload(config))
-    server.start()
-    d = server.vector.numel()
+    server, d = started_draco_server()
     server.on_message(Message("w0", "ps0", "gradient", 0, np.zeros(d, np.float32)))
     server.on_message(Message("w1", "ps0", "gradient", 0, np.ones(d, np.float32)))
     # An outsider's gradient and w2's message of another kind do not end the round (both rejected).
@@ -616,10 +618,13 @@ def test_solon_after_a_failed_decode_waits_for_every_worker():
     assert server.step == 1 and len(out) == 12
 
 
-@pytest.mark.parametrize(("n_w", "r", "arrivals", "decided"), [
-    (9, 3, [0, 1, 3, 4, 5, 6, 7, 8], True),  # 2 of file 0's 3 equal copies: a strict majority
-    (10, 5, [0, 1, 2, 3, 5, 6, 7, 8, 9], False),  # 2 of 5 honest (w2, w3 forged): no strict majority yet
-])
+@pytest.mark.parametrize(
+    ("n_w", "r", "arrivals", "decided"),
+    [
+        (9, 3, [0, 1, 3, 4, 5, 6, 7, 8], True),  # 2 of file 0's 3 equal copies: a strict majority
+        (10, 5, [0, 1, 2, 3, 5, 6, 7, 8, 9], False),  # 2 of 5 honest (w2, w3 forged): no strict majority yet
+    ],
+)
 def test_detox_decides_a_file_on_a_strict_majority_of_its_holders(n_w, r, arrivals, decided):
     config = make_config(
         protocol="detox",
@@ -664,10 +669,7 @@ def test_a_coded_worker_answers_each_model_once_even_out_of_order():
 
 
 def test_a_coded_server_keeps_a_float32_model_and_drops_late_gradients():
-    config = make_config(protocol="draco", nodes=one_server(3, 1))
-    server = PROTOCOLS["draco"].make_node(config, "ps0", Workload(config))
-    server.start()
-    d = server.vector.numel()
+    server, d = started_draco_server()
     for k in (0, 1):
         server.on_message(Message(f"w{k}", "ps0", "gradient", 0, np.ones(d, np.float32)))
     assert server.step == 1 and server.vector.dtype == torch.float32  # the decoded mean is float64
