@@ -17,14 +17,19 @@ between actors batched). ``--nodes K`` starts K raylets on this machine
 the actors over them (``ray.placement: spread``). CPU per step excludes the driver's evaluations of the
 servers' models (the monitor's work, as in ``--runtime local``). Every Ray row also prints the payload bytes the
 actors copy per step (into the object store, or serialized inline into calls) and the bytes that
-cross between Ray nodes, as the runtime counts them (``summary.json``).
+cross between Ray nodes, as the runtime counts them (``summary.json``), and beside the systems
+their floors (the ratios if messages cost nothing) with, per system, the messages per step
+and the CPU each costs above the floor. Ray gets byzsgd's default object store (512 MiB) unless
+``--store-mb`` says otherwise.
 
 ``--runtime local`` runs the same systems in the in-process simulator on one thread (no Ray, no
 serialisation): what remains is the protocol's own work. It also prints the bytes that
 ``to_payload`` and ``stack_payloads`` write per step, and a floor row per system: the same
 gradients and the same aggregations, computed in one process with no messages, no inbox and no
-copies but one stack per aggregation: the limit of this machine for that system. CPU figures
-exclude the monitor's evaluations of the servers' models.
+copies but one stack per aggregation: the limit of this machine for that system (and, on Ray,
+its busiest node's share: a server's or a worker's arithmetic). CPU figures exclude the
+monitor's evaluations of the servers' models. This process runs one OpenMP thread unless
+``OMP_NUM_THREADS`` says otherwise, as Ray's actors do.
 
     python benchmarks/overhead.py                    # digits + MLP (the demo's workload), on Ray
     python benchmarks/overhead.py --runtime local --workload mnist-wide --steps 30
@@ -48,6 +53,9 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# One OpenMP/BLAS thread in this process, as Ray gives its actors: with two, the idle one spins
+# and the floor's CPU time nearly doubled (measured). Set before numpy and torch load.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # The model and data each workload trains. cifar-resnet18 needs `model: resnet18` and the
@@ -215,6 +223,7 @@ def run_one(
         "steps_to_target": reached["step"] if reached else None,
         "time_to_target_s": reached["time_s"] - t0 if reached else None,
         "final_acc": rows[-1]["test_acc"],
+        "messages_per_step": (rows[-1]["messages"] - rows[0]["messages"]) / args.steps,
         "copied_mb_per_step": (summary["put_bytes_per_step"] + summary["inline_bytes_per_step"]) / 1e6,
         "cross_node_mb_per_step": summary["cross_node_bytes_per_step"] / 1e6,
         "ray_nodes": len(set(summary["ray_nodes"].values())),
@@ -309,11 +318,16 @@ def run_floor(name: str, section: dict[str, Any], args: argparse.Namespace) -> d
     gradient_rows = torch.empty(q_w, d)
     model_rows = torch.empty(q_ps if replicated else 1, d)
     parts: Counter[str] = Counter()
+    # Per node as well: the floor of the busiest node (a server's stacking of its quorum is
+    # done once here for all servers, so it counts for each: "servers").
+    per_node: Counter[str] = Counter()
 
-    def timed(part: str, fn: Any, *args: Any) -> Any:
+    def timed(node: str, part: str, fn: Any, *args: Any) -> Any:
         began = time.process_time()
         out = fn(*args)
-        parts[part] += time.process_time() - began
+        spent = time.process_time() - began
+        parts[part] += spent
+        per_node[node] += spent
         return out
 
     def stacked(rows: torch.Tensor, vectors: list[Any]) -> torch.Tensor:
@@ -323,24 +337,27 @@ def run_floor(name: str, section: dict[str, Any], args: argparse.Namespace) -> d
 
     def step(t: int) -> None:
         for i, sampler in enumerate(samplers):
+            worker = f"w{i}"
             if replicated:  # each worker takes its own median of the models it received
-                point = timed("model rule", model_rule, timed("stack", stacked, model_rows, models))
+                point = timed(worker, "model rule", model_rule, timed(worker, "stack", stacked, model_rows, models))
             else:
                 point = models[0]
-            gradient = timed("gradients", workload.gradient, point, sampler.next())[0]
+            gradient = timed(worker, "gradients", workload.gradient, point, sampler.next())[0]
             if i < q_w:
-                timed("stack", stacked, gradient_rows[i : i + 1], [gradient])
+                timed("servers", "stack", stacked, gradient_rows[i : i + 1], [gradient])
         for s in range(n_servers):
             # Every correct server aggregates the same number of gradients.
-            aggregate = timed("aggregator", aggregator, gradient_rows)
-            models[s] = timed("optimizer", optimizers[s].step, models[s], aggregate)
+            aggregate = timed(f"ps{s}", "aggregator", aggregator, gradient_rows)
+            models[s] = timed(f"ps{s}", "optimizer", optimizers[s].step, models[s], aggregate)
         if replicated and (t + 1) % period == 0:
             models[:] = [
-                timed("model rule", model_rule, timed("stack", stacked, model_rows, models)) for _ in range(n_servers)
+                timed(f"ps{s}", "model rule", model_rule, timed(f"ps{s}", "stack", stacked, model_rows, models))
+                for s in range(n_servers)
             ]
 
     step(0)  # warm up
     parts.clear()
+    per_node.clear()
     cpu, wall = time.process_time(), time.perf_counter()
     for t in range(1, args.steps + 1):
         step(t)
@@ -356,7 +373,9 @@ def run_floor(name: str, section: dict[str, Any], args: argparse.Namespace) -> d
         "startup_cpu_s": None,
         "steps_per_s": args.steps / (time.perf_counter() - wall),
         "cpu_ms_per_step": 1e3 * (time.process_time() - cpu) / args.steps,
+        "busiest_actor_ms_per_step": 1e3 * busiest_node(per_node) / args.steps,
         "copied_mb_per_step": None,
+        "cross_node_mb_per_step": None,
         "steps_to_target": None,
         "time_to_target_s": None,
         "final_acc": None,
@@ -368,26 +387,41 @@ def fmt(value: Any, spec: str) -> str:
 
 
 def print_table(results: list[dict[str, Any]]) -> None:
-    base = next((r for r in results if r["system"] == "vanilla"), None)
+    """Each system on Ray, then each one's floor (its arithmetic in one process): for a floor,
+    ``x vanilla`` compares it with vanilla's floor, the ratios if messages cost nothing."""
+    bases = {r["system"].startswith("floor:"): r for r in results if r["system"].removeprefix("floor:") == "vanilla"}
     print(
-        f"{'system':12s} {'actors':>6s} {'start s':>8s} {'start CPU s':>11s} "
+        f"{'system':14s} {'actors':>6s} {'start s':>8s} {'start CPU s':>11s} "
         f"{'steps/s':>8s} {'range':>11s} {'x vanilla':>9s} "
         f"{'CPU ms/step':>11s} {'x vanilla':>9s} {'busiest ms':>10s} {'x vanilla':>9s} "
         f"{'steps→acc':>9s} {'s→acc':>7s} {'final acc':>9s} {'copied MB/step':>14s} {'cross-node MB/step':>18s}"
     )
     for r in results:
-        speed = r["steps_per_s"] / base["steps_per_s"] if base else None
+        floor = r["system"].startswith("floor:")
+        base = bases.get(floor)
+        speed = r["steps_per_s"] / base["steps_per_s"] if base and not floor else None
         cpu = base["cpu_ms_per_step"] / r["cpu_ms_per_step"] if base and r["cpu_ms_per_step"] else None
         busy = r["busiest_actor_ms_per_step"]
         node = base["busiest_actor_ms_per_step"] / busy if base and busy else None
+        spread = "{:.1f}-{:.1f}".format(*r["steps_per_s_range"]) if not floor else "-"
         print(
-            f"{r['system']:12s} {fmt(r['actors'], 'd'):>6s} {r['startup_s']:8.1f} {r['startup_cpu_s']:11.1f} "
-            f"{r['steps_per_s']:8.2f} {'{:.1f}-{:.1f}'.format(*r['steps_per_s_range']):>11s} "
-            f"{fmt(speed, '.2f'):>9s} {r['cpu_ms_per_step']:11.1f} {fmt(cpu, '.2f'):>9s} "
+            f"{r['system']:14s} {fmt(r['actors'], 'd'):>6s} {fmt(r['startup_s'], '8.1f'):>8s} "
+            f"{fmt(r['startup_cpu_s'], '11.1f'):>11s} {fmt(None if floor else r['steps_per_s'], '8.2f'):>8s} "
+            f"{spread:>11s} {fmt(speed, '.2f'):>9s} {r['cpu_ms_per_step']:11.1f} {fmt(cpu, '.2f'):>9s} "
             f"{busy:10.1f} {fmt(node, '.2f'):>9s} "
-            f"{fmt(r['steps_to_target'], 'd'):>9s} {fmt(r['time_to_target_s'], '.1f'):>7s} {r['final_acc']:9.3f} "
-            f"{r['copied_mb_per_step']:14.1f} {r['cross_node_mb_per_step']:18.1f}"
+            f"{fmt(r['steps_to_target'], 'd'):>9s} {fmt(r['time_to_target_s'], '.1f'):>7s} "
+            f"{fmt(r['final_acc'], '.3f'):>9s} {fmt(r['copied_mb_per_step'], '.1f'):>14s} "
+            f"{fmt(r['cross_node_mb_per_step'], '.1f'):>18s}"
         )
+    floors = {r["system"].removeprefix("floor:"): r for r in results if r["system"].startswith("floor:")}
+    for r in results:
+        floor = floors.get(r["system"])
+        if floor and r.get("messages_per_step"):
+            above = r["cpu_ms_per_step"] - floor["cpu_ms_per_step"]
+            print(
+                f"  {r['system']}: {r['messages_per_step']:.1f} messages per step; CPU above its floor "
+                f"{above:.1f} ms per step, {above / r['messages_per_step']:.2f} ms per message"
+            )
 
 
 def start_cluster(args: argparse.Namespace) -> Any:
@@ -395,14 +429,18 @@ def start_cluster(args: argparse.Namespace) -> Any:
     its own object store (returns the Cluster to shut down, or None)."""
     import ray
 
-    store = args.store_mb * 1024 * 1024 if args.store_mb else None
+    from byzsgd.config import RayConfig
+
+    # byzsgd's own default unless told: what `byzsgd run` gets. (Ray's default, 30% of memory,
+    # is never reused within a short run: every object lands on pages not yet touched.)
+    store = args.store_mb * 1024 * 1024 if args.store_mb else RayConfig().object_store_memory
     if args.nodes == 1:
         ray.init(num_cpus=os.cpu_count(), object_store_memory=store, include_dashboard=False, log_to_driver=False)
         return None
     from ray.cluster_utils import Cluster
 
     # Every raylet offers all cores: the actors ask for fractions, and the K "machines" share this one.
-    node = {"num_cpus": os.cpu_count(), "object_store_memory": store or 512 * 1024 * 1024}
+    node = {"num_cpus": os.cpu_count(), "object_store_memory": store}
     cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
     for _ in range(args.nodes - 1):
         cluster.add_node(**node)
@@ -431,6 +469,13 @@ def print_local_table(results: list[dict[str, Any]]) -> None:
             f"{r['cpu_ms_per_step']:11.1f} {fmt(cost, '.2f'):>11s} {fmt(above, '.2f'):>9s} "
             f"{fmt(r['copied_mb_per_step'], '.1f'):>14s} {fmt(r['final_acc'], '.3f'):>9s}"
         )
+
+
+def busiest_node(per_node: Counter[str]) -> float:
+    """The largest CPU time of one node, each server charged the stacking all servers share."""
+    shared = per_node.get("servers", 0.0)
+    nodes = [spent + shared * node.startswith("ps") for node, spent in per_node.items() if node != "servers"]
+    return max(nodes, default=shared)
 
 
 def median_run(runs: list[dict[str, Any] | None]) -> dict[str, Any] | None:
@@ -501,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--store-mb",
         type=int,
-        help="object store per Ray node, MiB (default: Ray's own with one node, 512 with several)",
+        help="object store per Ray node, MiB (default: byzsgd's ray.object_store_memory, 512)",
     )
     args = parser.parse_args(argv)
     if args.nodes < 1:
@@ -518,6 +563,17 @@ def main(argv: list[str] | None = None) -> int:
 def main_ray(args: argparse.Namespace) -> int:
     import ray
 
+    # The floors first, in this process alone: one thread, as in --runtime local.
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    floors = []
+    for name, section in systems(args.n_w, args.f_w, args.n_ps, args.f_ps).items():
+        if not args.only or name in args.only:
+            print(f"floor of {name}, {args.repeat}x ...", flush=True)
+            floors.append(median_run([run_floor(name, section, args) for _ in range(args.repeat)]))
+    torch.set_num_threads(threads)
     started = time.perf_counter()
     cluster = start_cluster(args)
     print(
@@ -539,6 +595,7 @@ def main_ray(args: argparse.Namespace) -> int:
                     row = median_run([run_one(name, section, args, count, folder / str(i)) for i in range(args.repeat)])
                     if row:
                         rows.append(row)
+                rows += [floor for floor in floors if floor]
         finally:
             ray.shutdown()
             if cluster is not None:
@@ -548,15 +605,17 @@ def main_ray(args: argparse.Namespace) -> int:
         f"time-to-accuracy at test_acc >= {args.target}; load average now {os.getloadavg()[0]:.1f}"
     )
     for actors, results in tables.items():
-        spread = ", ".join(f"{r['system']} on {r['ray_nodes']}" for r in results)
+        spread = ", ".join(f"{r['system']} on {r['ray_nodes']}" for r in results if "ray_nodes" in r)
         print(f"\nray.actors: {'one per node' if actors == 'node' else actors}; Ray nodes used: {spread}")
         print_table(results)
     print(
         "\nx vanilla: steps/s ratio; vanilla's CPU per step (all processes) over the system's; and vanilla's\n"
         "busiest-actor CPU per step over the system's, the steps/s ratio to expect when every node has its\n"
-        "own core (a cluster). All three: higher is better. copied MB/step: payload bytes put into the object\n"
-        "store or serialized inline into calls; cross-node MB/step: payload bytes sent between Ray nodes\n"
-        "(an object once per receiving node). Both as the runtime counts them, start-up included."
+        "own core (a cluster). All three: higher is better. floor: the same arithmetic in one process with\n"
+        "no messages (busiest: the busiest node's share of it), its x vanilla against vanilla's floor: the\n"
+        "ratios if messages cost nothing. copied MB/step: payload bytes put into the object store or\n"
+        "serialized inline into calls; cross-node MB/step: payload bytes sent between Ray nodes (an object\n"
+        "once per receiving node). Both as the runtime counts them, start-up included."
     )
     return 0
 
