@@ -61,6 +61,14 @@ class Channel:
     dtype: np.dtype = np.dtype(PAYLOAD_DTYPE)
 
 
+def all_finite(payload: np.ndarray) -> bool:
+    """Whether every value of a float vector is finite. A finite dot product of the vector with
+    itself proves it in one BLAS pass that writes nothing (about half the cost of isfinite().all()
+    at d = 1.6M); a vector whose squares overflow gets the exact check."""
+    with np.errstate(over="ignore"):  # squares of huge values: the exact check decides
+        return bool(np.isfinite(np.dot(payload, payload))) or bool(np.isfinite(payload).all())
+
+
 class Inbox:
     """Per-(kind, round) buffers of validated payloads, one per sender, in arrival order.
 
@@ -112,7 +120,7 @@ class Inbox:
             return "malformed"
         if message.sender in self.buffers[message.kind].get(message.round, {}):
             return "duplicate"
-        if not np.isfinite(payload).all():
+        if not all_finite(payload):
             return "non_finite"
         return None
 

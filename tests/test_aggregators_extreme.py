@@ -8,6 +8,8 @@ float32)."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -143,3 +145,26 @@ def test_a_row_with_a_nan_is_infinitely_far_from_every_other():
     d2 = pairwise_sq_distances(x)
     assert d2[0, 1] == d2[1, 0] == 1.0
     assert d2[0, 2] == d2[2, 1] == np.inf and d2[2, 2] == 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_finite_rows_fast_path_gives_the_row_sum_verdict(dtype):
+    # The dot-product pass decides rows whose squares stay finite; the others are summed. Rows
+    # whose squares overflow but whose sum does not (1e20s in float32, 1e160s in float64) stay
+    # finite, as the row sum says; rows whose sum overflows or that hold NaN/inf do not.
+    from byzsgd.aggregators.base import finite_rows
+
+    big = 1e20 if dtype == torch.float32 else 1e160  # squares overflow, the sum of 1000 does not
+    huge = 1e36 if dtype == torch.float32 else 1e306  # the sum of 1000 overflows
+    x = torch.ones(7, 1000, dtype=dtype)
+    x[1] = big
+    x[2] = huge
+    x[3, 5] = float("nan")
+    x[4, 7] = float("-inf")
+    x[5, ::2], x[5, 1::2] = huge, -huge  # squares overflow, the sum cancels
+    x[6, :500], x[6, 500:] = huge, -huge  # halves overflow to +inf and -inf: a NaN sum
+    with np.errstate(over="ignore", invalid="ignore"):
+        exact = np.isfinite(x.numpy().sum(axis=1)).tolist()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Byzantine rows must not make the check warn
+        assert finite_rows(x).tolist() == exact == [True, True, False, False, False, True, False]

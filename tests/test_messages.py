@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 
 from byzsgd.messages import PAYLOAD_DTYPE, TIMER, Channel, Inbox, Message, broadcast, is_timer, timer, timer_delay
@@ -137,3 +139,18 @@ def test_the_default_window_is_64_rounds():
     box = Inbox({"gradient": Channel(frozenset({"w0"}), 4)})
     assert box.add(msg("w0", round_=64))
     assert not box.add(msg("w0", round_=65)) and box.rejected == {"future": 1}
+
+
+def test_finite_check_accepts_huge_finite_values_and_rejects_any_nan_or_inf():
+    # The fast check (a finite dot product) cannot vouch for values whose squares overflow; the
+    # exact check then decides: huge finite values pass, a single NaN or inf anywhere does not.
+    box = Inbox({"gradient": Channel(frozenset({"w0", "w1", "w2", "w3"}), 1000)})
+    huge = np.full(1000, 3e38, np.float32)  # every square overflows float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a Byzantine payload must not make the check warn either
+        assert box.add(Message("w0", "ps0", "gradient", 0, huge))
+        for sender, position, value in [("w1", 999, np.nan), ("w2", 0, np.inf), ("w3", 500, -np.inf)]:
+            payload = huge.copy()
+            payload[position] = value
+            assert not box.add(Message(sender, "ps0", "gradient", 0, payload))
+    assert box.rejected == {"non_finite": 3}
