@@ -168,3 +168,37 @@ def test_finite_rows_fast_path_gives_the_row_sum_verdict(dtype):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # Byzantine rows must not make the check warn
         assert finite_rows(x).tolist() == exact == [True, True, False, False, False, True, False]
+
+
+@pytest.mark.parametrize("batch_entries", [1, 50, 1 << 24])
+def test_gram_in_batches_of_blocks_matches_the_float64_gram(monkeypatch, batch_entries):
+    # Full blocks go through batched products (one block per batch, several, or all at once),
+    # the ragged last block on its own; a row with an infinity still overflows its entries.
+    import byzsgd.aggregators.distances as distances
+
+    monkeypatch.setattr(distances, "_BATCH_ENTRIES", batch_entries)
+    d = 3 * (1 << 14) + 5
+    x = torch.randn(5, d, generator=torch.Generator().manual_seed(3)) + 2
+    expected = (x.double() @ x.double().T).numpy()
+    g = gram(x)
+    assert np.abs(g - expected).max() <= 1e-5 * np.abs(expected).max()
+    x[4, 1 << 14] = float("inf")  # in the second full block
+    g = gram(x)
+    assert np.isinf(g[4, 4]) and np.isfinite(g[:4, :4]).all()
+
+
+def test_gram_adds_block_products_in_float64():
+    # Each block product is exact in float32 (2^14 ones, then 2^14 values of 2^-12); their sum,
+    # 16384 + 2^-10, is not a float32 (it rounds to 16384) but is exact in float64.
+    x = torch.ones(1, 2 << 14)
+    x[0, 1 << 14 :] = 2.0**-12
+    assert gram(x)[0, 0] == 16384 + 2.0**-10
+
+
+def test_gram_of_rows_that_are_not_contiguous_is_the_same():
+    # Rows with a stride (a column-major tensor) take the block-by-block path: the same Gram.
+    x = torch.randn(4, 2 * (1 << 14) + 7, generator=torch.Generator().manual_seed(5)) + 1
+    strided = x.T.contiguous().T
+    assert strided.stride(-1) != 1
+    expected = (x.double() @ x.double().T).numpy()
+    assert np.abs(gram(strided) - expected).max() <= 1e-5 * np.abs(expected).max()

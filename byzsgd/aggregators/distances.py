@@ -32,6 +32,8 @@ from byzsgd.aggregators.base import on_numpy
 # Columns per block of a Gram product (see the module docstring); on GPUs larger blocks win.
 _BLOCK = 1 << 14
 _GPU_BLOCK = 1 << 20
+# Block products computed by one batched call: at most this many float32 results at once.
+_BATCH_ENTRIES = 1 << 24
 # A distance below this fraction of ||a||^2 + ||b||^2 lost more than ~5 bits to cancellation; with
 # block products accurate to ~2e-7 of the squared norms, trusted distances are accurate to ~1e-5.
 _TRUSTED = 1.0 / 32
@@ -67,8 +69,11 @@ def gram(x: torch.Tensor, reference: torch.Tensor | None = None) -> np.ndarray:
     Entries overflow to +-inf (or NaN) when a row's squared norm leaves that precision."""
     n, d = x.shape
     work = _work_dtype(x)
-    g = torch.zeros(n, n, dtype=torch.float64, device=x.device)
     step = _block_size(x)
+    if reference is None and work == x.dtype and x.stride(-1) == 1:
+        with _one_thread(x):
+            return _batched_gram(x, step).cpu().numpy()
+    g = torch.zeros(n, n, dtype=torch.float64, device=x.device)
     buffer = None
     if reference is not None or work != x.dtype:
         buffer = torch.empty(n, min(d, step), dtype=work, device=x.device)
@@ -86,6 +91,25 @@ def gram(x: torch.Tensor, reference: torch.Tensor | None = None) -> np.ndarray:
                     block = torch.sub(block, reference[start:stop], out=target)
             g += (block @ block.T).to(torch.float64)
     return g.cpu().numpy()
+
+
+def _batched_gram(x: torch.Tensor, step: int) -> torch.Tensor:
+    """`gram` of rows read in place: the same block products, but many full blocks per batched
+    product (a view of the rows, no copy) instead of one call each, then the ragged last block.
+    Python's per-block calls were ~40% of the time at d = 1.6M (5 rows: 4.9 ms instead of 7.7);
+    the sums are the same block products, added in float64."""
+    n, d = x.shape
+    full = d - d % step
+    g = torch.zeros(n, n, dtype=torch.float64, device=x.device)
+    blocks = x[:, :full].reshape(n, full // step, step).transpose(0, 1)  # (blocks, n, step)
+    per_batch = max(1, _BATCH_ENTRIES // (n * n))
+    for first in range(0, len(blocks), per_batch):
+        batch = blocks[first : first + per_batch]
+        g += torch.bmm(batch, batch.transpose(1, 2)).sum(0, dtype=torch.float64)
+    if full < d:
+        tail = x[:, full:]
+        g += (tail @ tail.T).to(torch.float64)
+    return g
 
 
 def direct_sq_distance(x: torch.Tensor, i: int, j: int) -> float:
