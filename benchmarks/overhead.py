@@ -25,9 +25,10 @@ and the CPU each costs above the floor. Ray gets byzsgd's default object store (
 ``--runtime local`` runs the same systems in the in-process simulator on one thread (no Ray, no
 serialisation): what remains is the protocol's own work. It also prints the bytes that
 ``to_payload`` and ``stack_payloads`` write per step, and a floor row per system: the same
-gradients and the same aggregations, computed in one process with no messages, no inbox and no
-copies but one stack per aggregation: the limit of this machine for that system (and, on Ray,
-its busiest node's share: a server's or a worker's arithmetic). CPU figures exclude the
+gradients and the same aggregations (reading their inputs in place, as the nodes do on the
+CPU), computed in one process with no messages, no inbox and no copies: the limit of this
+machine for that system (and, on Ray, its busiest node's share: a server's or a worker's
+arithmetic). CPU figures exclude the
 monitor's evaluations of the servers' models. This process runs one OpenMP thread unless
 ``OMP_NUM_THREADS`` says otherwise, as Ray's actors do.
 
@@ -285,13 +286,13 @@ def run_local(name: str, section: dict[str, Any], args: argparse.Namespace, out:
 
 def run_floor(name: str, section: dict[str, Any], args: argparse.Namespace) -> dict[str, Any] | None:
     """The arithmetic of one step of `name`, in one process with no messages: the same gradients
-    (one per worker, at the point the protocol evaluates them) and the same aggregations (each
-    on its inputs stacked once) and optimizer steps; ByzSGD's Gather every T steps. byzsgd-sync
+    (one per worker, at the point the protocol evaluates them) and the same aggregations (on
+    their inputs as the nodes pass them) and optimizer steps; ByzSGD's Gather every T steps. byzsgd-sync
     gets ByzSGD's arithmetic (its filters are not counted: a floor, not a model of it)."""
-    import torch
 
     from byzsgd.aggregators import make_aggregator
     from byzsgd.optim import make_optimizer
+    from byzsgd.protocols.base import aggregate_payloads
     from byzsgd.protocols.byzsgd import gather_period
     from byzsgd.training import Workload
 
@@ -312,14 +313,9 @@ def run_floor(name: str, section: dict[str, Any], args: argparse.Namespace) -> d
         model_rule = make_aggregator(config.options.model_rule, f=nodes.f_ps)
         period = gather_period(config)
 
-    # Inputs are stacked once into buffers allocated once: a fresh (n, d) tensor per step costs
-    # page faults that belong to no protocol.
-    d = workload.dimension
-    gradient_rows = torch.empty(q_w, d)
-    model_rows = torch.empty(q_ps if replicated else 1, d)
+    device = workload.device
     parts: Counter[str] = Counter()
-    # Per node as well: the floor of the busiest node (a server's stacking of its quorum is
-    # done once here for all servers, so it counts for each: "servers").
+    # Per node as well: the floor of the busiest node.
     per_node: Counter[str] = Counter()
 
     def timed(node: str, part: str, fn: Any, *args: Any) -> Any:
@@ -330,28 +326,24 @@ def run_floor(name: str, section: dict[str, Any], args: argparse.Namespace) -> d
         per_node[node] += spent
         return out
 
-    def stacked(rows: torch.Tensor, vectors: list[Any]) -> torch.Tensor:
-        for row, vector in zip(rows, vectors, strict=False):
-            row.copy_(vector)
-        return rows
-
     def step(t: int) -> None:
+        gradients = []
         for i, sampler in enumerate(samplers):
             worker = f"w{i}"
             if replicated:  # each worker takes its own median of the models it received
-                point = timed(worker, "model rule", model_rule, timed(worker, "stack", stacked, model_rows, models))
+                point = timed(worker, "model rule", aggregate_payloads, model_rule, models[:q_ps], device)
             else:
                 point = models[0]
             gradient = timed(worker, "gradients", workload.gradient, point, sampler.next())[0]
             if i < q_w:
-                timed("servers", "stack", stacked, gradient_rows[i : i + 1], [gradient])
+                gradients.append(gradient)
         for s in range(n_servers):
             # Every correct server aggregates the same number of gradients.
-            aggregate = timed(f"ps{s}", "aggregator", aggregator, gradient_rows)
+            aggregate = timed(f"ps{s}", "aggregator", aggregate_payloads, aggregator, gradients, device)
             models[s] = timed(f"ps{s}", "optimizer", optimizers[s].step, models[s], aggregate)
         if replicated and (t + 1) % period == 0:
             models[:] = [
-                timed(f"ps{s}", "model rule", model_rule, timed(f"ps{s}", "stack", stacked, model_rows, models))
+                timed(f"ps{s}", "model rule", aggregate_payloads, model_rule, models[:q_ps], device)
                 for s in range(n_servers)
             ]
 
@@ -472,10 +464,8 @@ def print_local_table(results: list[dict[str, Any]]) -> None:
 
 
 def busiest_node(per_node: Counter[str]) -> float:
-    """The largest CPU time of one node, each server charged the stacking all servers share."""
-    shared = per_node.get("servers", 0.0)
-    nodes = [spent + shared * node.startswith("ps") for node, spent in per_node.items() if node != "servers"]
-    return max(nodes, default=shared)
+    """The largest CPU time of one node."""
+    return max(per_node.values(), default=0.0)
 
 
 def median_run(runs: list[dict[str, Any] | None]) -> dict[str, Any] | None:

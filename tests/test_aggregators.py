@@ -585,7 +585,7 @@ def test_median_network_notices_a_nan_in_any_row(n):
 def test_median_network_across_chunks(n, monkeypatch):
     from byzsgd.aggregators import classic
 
-    monkeypatch.setattr(classic, "_CHUNK", 7)  # several chunks and a ragged last one
+    monkeypatch.setattr(classic, "CHUNK", 7)  # several chunks and a ragged last one
     x = np.random.default_rng(n).standard_normal((n, 45)).astype(np.float32)
     np.testing.assert_array_equal(classic._network_median(x, finite=True), np.median(x, axis=0))
 

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from byzsgd.aggregators import make_aggregator
 from byzsgd.messages import Message
 from byzsgd.optim import make_estimator
 from byzsgd.protocols import PROTOCOLS, base
-from byzsgd.protocols.base import stack_payloads, to_payload
+from byzsgd.protocols.base import aggregate_payloads, stack_payloads, to_payload
 from byzsgd.protocols.byzsgd import gather_period
 from byzsgd.registry import ConfigError
 from byzsgd.runner import run_experiment
@@ -231,6 +232,19 @@ def test_payloads_travel_as_float32_and_their_copies_are_counted(monkeypatch):
     assert stacked.dtype == torch.float32 and stacked.tolist() == [[0.0, 1.0, 2.0], [1.0, 1.0, 1.0]]
     stack_payloads([np.ones(3, np.float32)], torch.device("cpu"))
     assert base.copied_bytes == {"to_payload": 24, "stack_payloads": 36}
+
+
+def test_aggregate_payloads_reads_rows_in_place_on_the_cpu(monkeypatch):
+    monkeypatch.setattr(base, "copied_bytes", Counter())
+    payloads = [np.full(3, v, np.float32) for v in (1.0, 2.0, 9.0)]
+    own = torch.tensor([4.0, 4.0, 4.0], dtype=torch.float64)  # a node's own vector joins as float32
+    median = aggregate_payloads(make_aggregator("median", f=1), [own, *payloads], torch.device("cpu"))
+    assert median.dtype == torch.float32 and median.tolist() == [3.0, 3.0, 3.0]
+    assert base.copied_bytes == Counter()  # nothing stacked
+    # A plain function gets the stacked matrix, as before.
+    total = aggregate_payloads(lambda x: x.sum(0), payloads, torch.device("cpu"))
+    assert total.tolist() == [12.0, 12.0, 12.0]
+    assert base.copied_bytes == {"stack_payloads": 36}
 
 
 def test_servers_report_every_eval_every_steps_and_the_last_step():

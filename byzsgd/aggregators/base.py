@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -12,6 +12,8 @@ import torch
 from byzsgd.registry import ConfigError, Registry
 
 Vectors = torch.Tensor | np.ndarray
+# n vectors of one length stored apart (received payloads), or an (n, d) array read row by row.
+Rows = Sequence[np.ndarray]
 
 AGGREGATORS: Registry[type[Aggregator]] = Registry("aggregator")
 
@@ -31,8 +33,11 @@ def make_aggregator(name: str, f: int, **params: Any) -> Aggregator:
     return AGGREGATORS.build(name, field="aggregator", f=f, **params)
 
 
-def as_tensor(vectors: Vectors) -> torch.Tensor:
-    """`vectors` as a floating torch tensor, sharing memory where possible (never written to)."""
+def as_tensor(vectors: Vectors | Sequence[Vectors]) -> torch.Tensor:
+    """`vectors` as a floating torch tensor, sharing memory where possible (never written to); a
+    list or tuple of 1-D vectors is stacked once."""
+    if isinstance(vectors, (list, tuple)):
+        vectors = _stacked(vectors)
     if isinstance(vectors, torch.Tensor):
         x = vectors.detach()
     else:
@@ -52,12 +57,52 @@ def as_tensor(vectors: Vectors) -> torch.Tensor:
     return x
 
 
-def like_input(out: torch.Tensor, vectors: Vectors, x: torch.Tensor) -> Vectors:
-    """`out` in the caller's kind (numpy or torch), dtype and device, never aliasing the input."""
+def _stacked(vectors: Sequence[Vectors]) -> Vectors:
+    """A list of 1-D vectors as one (n, d) array or tensor; a clear error when they do not fit."""
+    items = [v.detach() if isinstance(v, torch.Tensor) else np.asarray(v) for v in vectors]
+    shapes = {tuple(v.shape) for v in items}
+    if not items or len(shapes) != 1 or len(next(iter(shapes))) != 1:
+        raise ValueError(f"expected a list of 1-D vectors of one length, got shapes {sorted(shapes)}")
+    if all(isinstance(v, torch.Tensor) for v in items):
+        return torch.stack(items)
+    return np.stack([v.cpu().numpy() if isinstance(v, torch.Tensor) else v for v in items])
+
+
+def host_rows(vectors: Vectors | Sequence[Vectors]) -> Rows | None:
+    """`vectors` as float32 or float64 numpy rows in host memory, read in place (a list of 1-D
+    arrays, or an (n, d) array), for the rules' row paths; None for anything else (other dtypes,
+    GPU tensors, mixed kinds), which goes through `as_tensor`."""
+    if isinstance(vectors, torch.Tensor):
+        if vectors.dim() != 2 or vectors.device.type != "cpu" or vectors.dtype not in (torch.float32, torch.float64):
+            return None
+        vectors = vectors.detach().numpy()
+    if isinstance(vectors, np.ndarray):
+        rows: Rows = vectors
+        if vectors.ndim != 2 or len(vectors) == 0:
+            return None
+    elif isinstance(vectors, (list, tuple)) and vectors and all(isinstance(v, np.ndarray) for v in vectors):
+        rows = list(vectors)
+        if len({(v.shape, v.dtype) for v in rows}) != 1 or rows[0].ndim != 1:
+            return None
+    else:
+        return None
+    dtype = rows[0].dtype
+    if rows[0].shape[0] == 0 or dtype not in (np.float32, np.float64) or not dtype.isnative:
+        return None
+    return rows
+
+
+def like_input(out: torch.Tensor, vectors: Vectors | Sequence[Vectors], x: torch.Tensor) -> Vectors:
+    """`out` in the caller's kind (numpy or torch), dtype and device, never aliasing the input. A
+    list's kind is its first vector's."""
     out = out.to(dtype=x.dtype, device=x.device)
     if out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
         out = out.clone()
-    return out if isinstance(vectors, torch.Tensor) else out.numpy()
+    return out if isinstance(_first(vectors), torch.Tensor) else out.numpy()
+
+
+def _first(vectors: Vectors | Sequence[Vectors]) -> Vectors:
+    return vectors[0] if isinstance(vectors, (list, tuple)) else vectors
 
 
 def on_numpy(x: torch.Tensor) -> bool:
@@ -84,12 +129,18 @@ def finite_rows(x: torch.Tensor) -> torch.Tensor:
         summed_in = np.promote_types(a.dtype, "f4")
         if a.dtype != summed_in:
             return torch.from_numpy(np.isfinite(a.sum(axis=1, dtype=summed_in)))
-        with np.errstate(over="ignore", invalid="ignore"):
-            finite = np.isfinite([np.dot(row, row) for row in a])
-            unsure = np.flatnonzero(~finite)
-            finite[unsure] = np.isfinite(a[unsure].sum(axis=1))
-        return torch.from_numpy(finite)
+        return torch.from_numpy(finite_mask(a))
     return torch.isfinite(x.sum(dim=1, dtype=torch.promote_types(x.dtype, torch.float32)))
+
+
+def finite_mask(rows: Rows) -> np.ndarray:
+    """`finite_rows` of float32 or float64 numpy rows: the dot products first, then the exact
+    sums of the rows whose squares overflow."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        finite = np.isfinite([np.dot(row, row) for row in rows])
+        for i in np.flatnonzero(~finite):
+            finite[i] = np.isfinite(rows[i].sum())
+    return finite
 
 
 def mean(x: torch.Tensor) -> torch.Tensor:
@@ -113,6 +164,35 @@ def mean_of(x: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
     return weights.to(x.device) @ x
 
 
+# Columns per chunk of the passes that combine rows column by column (the mean of rows stored
+# apart, the median networks): the rows' chunks and the temporaries stay in cache, so the rows
+# are read once and the result written once (measured: a 4-row median at d = 1.6M in ~3 ms
+# against ~5.5 ms for the same network on whole rows).
+CHUNK = 1 << 16
+
+
+def mean_of_rows(rows: Rows, chosen: Sequence[int]) -> np.ndarray:
+    """Mean of the chosen float32 or float64 rows, read in place chunk by chunk: each row is
+    scaled before it is added, as in `mean_of`, so a finite mean of huge values stays finite."""
+    weight = 1.0 / len(chosen)
+    d = rows[0].shape[0]
+    out = np.empty(d, rows[0].dtype)
+    scaled = np.empty(min(d, CHUNK), rows[0].dtype)
+    for start in range(0, d, CHUNK):
+        stop = min(start + CHUNK, d)
+        total, term = out[start:stop], scaled[: stop - start]
+        np.multiply(rows[chosen[0]][start:stop], weight, out=total)
+        for i in chosen[1:]:
+            np.multiply(rows[i][start:stop], weight, out=term)
+            total += term
+    return out
+
+
+def finite_mean_of_rows(rows: Rows) -> np.ndarray | None:
+    """The mean of every row when all are finite (as `finite_rows` defines it), else None."""
+    return mean_of_rows(rows, range(len(rows))) if finite_mask(rows).all() else None
+
+
 class Aggregator:
     """A robust aggregation rule: `Rule(f, **params)(vectors)` maps (n, d) vectors to (d,).
 
@@ -126,10 +206,21 @@ class Aggregator:
     result of placing the row at infinity). If more than f rows are non-finite the f-Byzantine
     assumption is already broken: the rule runs with f=0 on the finite rows when it can, falls
     back to their mean when it cannot, and returns zeros when no row is finite.
+
+    Input: an (n, d) array or tensor, or a list of n 1-D vectors (payloads as received). A rule
+    may also implement `_aggregate_rows`, a fast path over float32/float64 host rows read in
+    place (MDA, median and mean do): no stacked copy of its input, and the finite check made in
+    the rule's own pass where it can.
     """
 
     name: ClassVar[str] = "aggregator"
     bound: ClassVar[tuple[int, int]] = (0, 1)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A subclass that changes the rule keeps no row path computing its parent's rule.
+        if "_aggregate" in cls.__dict__ and "_aggregate_rows" not in cls.__dict__:
+            cls._aggregate_rows = Aggregator._aggregate_rows  # type: ignore[method-assign]
 
     def __init__(self, f: int) -> None:
         if isinstance(f, bool) or not isinstance(f, (int, np.integer)) or f < 0:
@@ -168,7 +259,15 @@ class Aggregator:
             )
 
     # -- aggregation ------------------------------------------------------------------------
-    def __call__(self, vectors: Vectors, **options: Any) -> Vectors:
+    def __call__(self, vectors: Vectors | Sequence[Vectors], **options: Any) -> Vectors:
+        """The aggregate of (n, d) `vectors`, or of a list of n 1-D vectors (received payloads:
+        read in place by the rules that can, stacked once for the others)."""
+        rows = host_rows(vectors)
+        if rows is not None:
+            self.check(len(rows))
+            out = self._aggregate_rows(rows, self.f, **options)
+            if out is not None:
+                return torch.from_numpy(out) if isinstance(_first(vectors), torch.Tensor) else out
         x = as_tensor(vectors)
         self.check(x.shape[0])
         with torch.no_grad():
@@ -189,6 +288,13 @@ class Aggregator:
 
     def _aggregate(self, x: torch.Tensor, f: int) -> torch.Tensor:
         raise NotImplementedError
+
+    def _aggregate_rows(self, rows: Rows, f: int, **options: Any) -> np.ndarray | None:
+        """A fast path on float32 or float64 host rows read in place (a list of 1-D arrays or an
+        (n, d) array): the rule's result when every row is finite as `finite_rows` defines it,
+        proved in the rule's own pass over the rows where it can, as a fresh array in the rows'
+        dtype; None (the default) sends the rows through the general path (stacked, filtered)."""
+        return None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(f={self.f})"

@@ -9,9 +9,12 @@ import numpy as np
 import torch
 
 from byzsgd.aggregators.base import (
+    CHUNK,
     Aggregator,
+    Rows,
     Vectors,
     as_tensor,
+    finite_mean_of_rows,
     like_input,
     mean,
     on_numpy,
@@ -20,27 +23,30 @@ from byzsgd.aggregators.base import (
 from byzsgd.aggregators.distances import exact_gram
 from byzsgd.registry import ConfigError
 
-# Columns per chunk of the median networks: the rows' chunks and the network's temporaries stay
-# in cache, so the rows are read once and the median written once (measured: a 4-row median at
-# d = 1.6M in ~3 ms against ~5.5 ms for the same network on whole rows).
-_CHUNK = 1 << 16
 
-
-def _network_median(a: np.ndarray, finite: bool) -> np.ndarray | None:
+def _network_median(a: Rows, finite: bool, verify: bool = False) -> np.ndarray | None:
     """The column-wise median of the 2..12 rows of `a` by whole-row minimum/maximum, chunk by
     chunk: a selection network for 3 and 4 rows (4 and 6 compare-exchanges), odd-even
     transposition otherwise. None when a NaN is present (minimum/maximum spread it to the middle
     rows: the 3- and 4-row networks take every input into them, n rounds of transposition reach
-    every row), unless `finite` rules that out; the caller then partitions, which sorts NaN last."""
-    n, d = a.shape
+    every row), unless `finite` rules that out; the caller then partitions, which sorts NaN last.
+    The rows of `a` may be stored apart (a list of 1-D arrays): each chunk is read in place.
+
+    `verify`: also None unless every row is finite as `finite_rows` defines it, checked while
+    its chunk is in cache: a finite dot product of each chunk with itself bounds the chunk's
+    entries, and all of them bound the row's sum (|sum| <= sqrt(d * sum of squares))."""
+    n, d, dtype = len(a), a[0].shape[0], a[0].dtype
     lo, hi = (n - 1) // 2, n // 2
-    out = np.empty(d, a.dtype)
-    width = min(_CHUNK, d)
-    work = np.empty((n, width), a.dtype) if n > 4 else None
-    other, spare = np.empty(width, a.dtype), np.empty(width, a.dtype)
-    for start in range(0, d, _CHUNK):
-        stop = min(start + _CHUNK, d)
-        rows, low, high, t = a[:, start:stop], out[start:stop], other[: stop - start], spare[: stop - start]
+    out = np.empty(d, dtype)
+    width = min(CHUNK, d)
+    work = np.empty((n, width), dtype) if n > 4 else None
+    other, spare = np.empty(width, dtype), np.empty(width, dtype)
+    for start in range(0, d, CHUNK):
+        stop = min(start + CHUNK, d)
+        rows = [row[start:stop] for row in a]
+        low, high, t = out[start:stop], other[: stop - start], spare[: stop - start]
+        if verify and not _finite_chunk(rows):
+            return None
         if n == 2:
             low[...], high[...] = rows[0], rows[1]
         elif n == 3:
@@ -60,9 +66,9 @@ def _network_median(a: np.ndarray, finite: bool) -> np.ndarray | None:
             np.maximum(rows[2], rows[3], out=t)
             np.minimum(high, t, out=high)
         else:
-            block = work[:, : stop - start]
-            np.copyto(block, rows)
-            ordered = list(block)
+            ordered = list(work[:, : stop - start])
+            for target, row in zip(ordered, rows, strict=True):
+                target[...] = row
             for r in range(n):
                 for i in range(r % 2, n - 1, 2):
                     first, second = ordered[i], ordered[i + 1]
@@ -84,6 +90,12 @@ def _network_median(a: np.ndarray, finite: bool) -> np.ndarray | None:
     return out
 
 
+def _finite_chunk(rows: Rows) -> bool:
+    """Whether every row's dot product with itself is finite (so are its entries)."""
+    with np.errstate(over="ignore"):  # squares cannot make NaN from numbers: no invalid flag
+        return all(np.isfinite(np.dot(row, row)) for row in rows)
+
+
 def _middle_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows (n-1)//2 and n//2 of `a` sorted column-wise, NaN sorting above +Inf."""
     n, d = a.shape
@@ -101,9 +113,7 @@ def _median(x: torch.Tensor, finite: bool = False) -> torch.Tensor:
     lo, hi = (n - 1) // 2, n // 2
     if on_numpy(x):
         a = x.numpy()
-        # The transposition network's Python steps grow as n^2: it wins for n <= 12 once rows
-        # are long enough; the 2-4 row networks always do.
-        if 1 < n and (n <= 4 or (n <= 12 and d >= 32 * n * (n - 1))):
+        if _network_wins(n, d):
             median = _network_median(a, finite)
             if median is not None:
                 return torch.from_numpy(median)
@@ -112,6 +122,12 @@ def _median(x: torch.Tensor, finite: bool = False) -> torch.Tensor:
     ordered = torch.sort(x, dim=0).values
     low, high = ordered[lo], ordered[hi]
     return low if lo == hi else low / 2 + high / 2
+
+
+def _network_wins(n: int, d: int) -> bool:
+    """Whether `_network_median` beats a partition: the transposition network's Python steps
+    grow as n^2, so it wins for n <= 12 once rows are long enough; the 2-4 row networks always do."""
+    return 1 < n and (n <= 4 or (n <= 12 and d >= 32 * n * (n - 1)))
 
 
 def _work_dtype(x: torch.Tensor) -> torch.dtype:
@@ -180,6 +196,9 @@ class Mean(Aggregator):
     def _aggregate(self, x: torch.Tensor, f: int) -> torch.Tensor:
         return mean(x)
 
+    def _aggregate_rows(self, rows: Rows, f: int) -> np.ndarray | None:
+        return finite_mean_of_rows(rows)
+
 
 @register("median")
 class Median(Aggregator):
@@ -189,6 +208,13 @@ class Median(Aggregator):
 
     def _aggregate(self, x: torch.Tensor, f: int) -> torch.Tensor:
         return _median(x, finite=True)
+
+    def _aggregate_rows(self, rows: Rows, f: int) -> np.ndarray | None:
+        """The network reads the rows in place and checks each chunk while it is in cache
+        (measured: 4 rows of 1.63M in ~8 ms, against ~13 ms to stack, check and aggregate them)."""
+        if not _network_wins(len(rows), rows[0].shape[0]):
+            return None
+        return _network_median(rows, finite=True, verify=True)
 
 
 @register("trimmed_mean")

@@ -27,13 +27,15 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from byzsgd.aggregators.base import on_numpy
+from byzsgd.aggregators.base import Rows, as_tensor, on_numpy
 
 # Columns per block of a Gram product (see the module docstring); on GPUs larger blocks win.
 _BLOCK = 1 << 14
 _GPU_BLOCK = 1 << 20
 # Block products computed by one batched call: at most this many float32 results at once.
 _BATCH_ENTRIES = 1 << 24
+# Entries of host rows that `gram` copies together, so that the copy stays in cache.
+_ROWS_CHUNK_ENTRIES = 1 << 20
 # A distance below this fraction of ||a||^2 + ||b||^2 lost more than ~5 bits to cancellation; with
 # block products accurate to ~2e-7 of the squared norms, trusted distances are accurate to ~1e-5.
 _TRUSTED = 1.0 / 32
@@ -63,10 +65,16 @@ def _block_size(x: torch.Tensor) -> int:
     return _BLOCK if x.device.type == "cpu" else _GPU_BLOCK
 
 
-def gram(x: torch.Tensor, reference: torch.Tensor | None = None) -> np.ndarray:
+def gram(x: torch.Tensor | Rows, reference: torch.Tensor | None = None) -> np.ndarray:
     """The (n, n) Gram matrix of the rows of `x` (minus `reference`, when given), accumulated in
     float64 over column blocks whose products run in the input's precision (at least float32).
-    Entries overflow to +-inf (or NaN) when a row's squared norm leaves that precision."""
+    Entries overflow to +-inf (or NaN) when a row's squared norm leaves that precision. `x` may
+    be host rows (`byzsgd.aggregators.base.host_rows`), read in place."""
+    if isinstance(x, np.ndarray) and min(x.strides) >= 0:
+        x = torch.from_numpy(x)  # one matrix: the batched products read it in place
+    if not isinstance(x, torch.Tensor):
+        with _one_thread(torch.empty(0)):
+            return _rows_gram(x).numpy()
     n, d = x.shape
     work = _work_dtype(x)
     step = _block_size(x)
@@ -112,6 +120,24 @@ def _batched_gram(x: torch.Tensor, step: int) -> torch.Tensor:
     return g
 
 
+def _rows_gram(rows: Rows) -> torch.Tensor:
+    """`gram` of host rows without stacking them: a chunk of whole blocks of columns at a time is
+    copied into one buffer that stays in cache and goes through `_batched_gram`, so the block
+    products are the same (measured: 5 rows of 1.63M in ~9.5 ms, against ~5.7 ms to stack them and
+    ~7-9 ms for the stack's Gram matrix)."""
+    n, d = len(rows), rows[0].shape[0]
+    width = _BLOCK * max(1, _ROWS_CHUNK_ENTRIES // (n * _BLOCK))
+    buffer = np.empty((n, min(width, d)), rows[0].dtype)
+    g = torch.zeros(n, n, dtype=torch.float64)
+    for start in range(0, d, width):
+        stop = min(start + width, d)
+        block = buffer[:, : stop - start]
+        for target, row in zip(block, rows, strict=True):
+            target[...] = row[start:stop]
+        g += _batched_gram(torch.from_numpy(block), _BLOCK)
+    return g
+
+
 def direct_sq_distance(x: torch.Tensor, i: int, j: int) -> float:
     """||x_i - x_j||^2 as a float64 sum of float64 squared differences, block by block."""
     d = x.shape[1]
@@ -137,12 +163,16 @@ def _distances_from_gram(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return d2, trusted
 
 
-def pairwise_sq_distances(x: torch.Tensor) -> np.ndarray:
-    """(n, n) float64 squared distances: symmetric, zero diagonal, >= 0 (see the module docstring)."""
-    n = x.shape[0]
-    g = gram(x)
+def pairwise_sq_distances(x: torch.Tensor | Rows, g: np.ndarray | None = None) -> np.ndarray:
+    """(n, n) float64 squared distances: symmetric, zero diagonal, >= 0 (see the module docstring).
+    `x` may be host rows, stacked only when a pair needs a second pass; `g`: `gram(x)`, when the
+    caller has it already."""
+    n = len(x)
+    if g is None:
+        g = gram(x)
     d2, trusted = _distances_from_gram(g)
     if not trusted.all():
+        x = as_tensor(x)
         # Centre at the row of median norm (overflowing norms sort last), chosen without looking
         # at row order; then recompute only the pairs the first pass could not vouch for.
         sq = np.diag(g).copy()

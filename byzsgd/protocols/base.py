@@ -8,11 +8,13 @@ deterministic in-process simulator and on Ray.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from byzsgd.aggregators import Aggregator
 from byzsgd.messages import Inbox, Message
 from byzsgd.nodes import node_index, server_ids, worker_ids
 from byzsgd.registry import Registry
@@ -27,6 +29,7 @@ __all__ = [
     "Protocol",
     "ServerNode",
     "node_index",
+    "aggregate_payloads",
     "register",
     "server_ids",
     "stack_payloads",
@@ -55,6 +58,20 @@ def stack_payloads(payloads: list[np.ndarray | torch.Tensor], device: torch.devi
     stacked = np.stack(rows)
     copied_bytes["stack_payloads"] += stacked.nbytes
     return torch.from_numpy(stacked).to(device)
+
+
+def aggregate_payloads(
+    rule: Callable[[Any], Any], payloads: list[np.ndarray | torch.Tensor], device: torch.device
+) -> torch.Tensor:
+    """`rule` over received payloads (and a node's own vector), as a tensor on ``device``.
+
+    On the CPU a library rule reads the payloads in place, as a list of rows: stacking them
+    first would copy every byte once more (measured: ~1 ms per 6.5 MB row, more than a 4-row
+    median itself). Elsewhere, and for plain functions, they are stacked once."""
+    if device.type != "cpu" or not isinstance(rule, Aggregator):
+        return rule(stack_payloads(payloads, device))
+    rows = [p.detach().to(torch.float32).numpy() if isinstance(p, torch.Tensor) else p for p in payloads]
+    return torch.as_tensor(rule(rows))
 
 
 class Node:

@@ -23,7 +23,7 @@ from byzsgd.config import ExperimentConfig
 from byzsgd.messages import Channel, Inbox, Message, broadcast
 from byzsgd.optim import make_estimator, make_optimizer
 from byzsgd.optim.estimators import GradientEstimator
-from byzsgd.protocols.base import Node, Protocol, ServerNode, node_index, register, stack_payloads, to_payload
+from byzsgd.protocols.base import Node, Protocol, ServerNode, aggregate_payloads, node_index, register, to_payload
 from byzsgd.registry import ConfigError
 from byzsgd.training import Workload
 
@@ -103,7 +103,7 @@ class ByzSGDServer(ServerNode):
         if gradients is None:
             return None
         self.inbox.advance("gradient", self.step + 1)
-        gradient = self.aggregator(stack_payloads(gradients, self.vector.device))
+        gradient = aggregate_payloads(self.aggregator, gradients, self.vector.device)
         self.vector = self.optimizer.step(self.vector, gradient)
         self.step += 1
         if self.done:
@@ -132,7 +132,7 @@ def distributed_median_contraction(own: torch.Tensor, peers: list[np.ndarray], m
     """DMC: a server's new model is the coordinate-wise median (``model_rule``) of its own model
     and the models of its first q_ps - 1 peers. Correct servers' models contract towards
     each other however the Byzantine servers pick theirs."""
-    return model_rule(stack_payloads([own, *peers], own.device))
+    return aggregate_payloads(model_rule, [own, *peers], own.device)
 
 
 class ByzSGDWorker(Node):
@@ -163,7 +163,7 @@ class ByzSGDWorker(Node):
         out: list[Message] = []
         while (models := self.inbox.quorum("model", self.step, self.q_ps)) is not None:
             self.inbox.advance("model", self.step + 1)
-            point = self.model_rule(stack_payloads(models, self.workload.device))
+            point = aggregate_payloads(self.model_rule, models, self.workload.device)
             gradient, self.last_loss = self.estimator(self.workload, point, self.sampler.next())
             out += broadcast(self.node_id, self.servers, "gradient", self.step, to_payload(gradient))
             self.step += 1

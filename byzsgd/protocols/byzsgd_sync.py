@@ -50,7 +50,7 @@ from byzsgd.config import ExperimentConfig
 from byzsgd.messages import Message, broadcast, is_timer, timer
 from byzsgd.optim import make_estimator
 from byzsgd.optim.estimators import GradientEstimator
-from byzsgd.protocols.base import Node, register, stack_payloads, to_payload
+from byzsgd.protocols.base import Node, aggregate_payloads, register, to_payload
 from byzsgd.protocols.byzsgd import ByzSGD, ByzSGDOptions, ByzSGDServer, ByzSGDWorker, gather_period
 from byzsgd.registry import ConfigError
 from byzsgd.training import Workload
@@ -224,7 +224,7 @@ class ByzSGDSyncWorker(ByzSGDWorker):
         if self.gathering:
             if len(models) < self.q_ps:
                 return None
-            median = self.model_rule(stack_payloads(list(models.values())[: self.q_ps], device))
+            median = aggregate_payloads(self.model_rule, list(models.values())[: self.q_ps], device)
             return self.at(median, self.batch, "median")
         # Filter the asked servers' models in rotation order; one already here when its server's
         # turn comes (sent unasked) is filtered then, and rejections ask the next server at once.
@@ -236,7 +236,7 @@ class ByzSGDSyncWorker(ByzSGDWorker):
             out += self._ask_next()
         if len(self.asked) == len(self.servers) and len(models) >= self.q_ps:
             self.inbox.rejected["filter_fallback"] += 1
-            median = self.model_rule(stack_payloads(list(models.values())[: self.q_ps], device))
+            median = aggregate_payloads(self.model_rule, list(models.values())[: self.q_ps], device)
             return self.at(median, self.batch, "median")
         return None
 

@@ -26,7 +26,7 @@ import numpy as np
 from byzsgd.config import ExperimentConfig
 from byzsgd.messages import Message, broadcast, is_timer, timer
 from byzsgd.optim import make_estimator, make_optimizer
-from byzsgd.protocols.base import Node, Protocol, register, stack_payloads, to_payload
+from byzsgd.protocols.base import Node, Protocol, aggregate_payloads, register, to_payload
 from byzsgd.protocols.byzsgd import ByzSGDServer, check_rule, make_scatter_node
 from byzsgd.registry import ConfigError
 from byzsgd.training import Workload
@@ -65,7 +65,7 @@ class WaitForAllServer(ByzSGDServer):
             self.inbox.advance("gradient", self.step + 1)
             missing = np.full(self.vector.numel(), np.nan, dtype=np.float32)
             rows = [received.get(worker, missing) for worker in self.workers]
-            gradient = self.aggregator(stack_payloads(rows, self.vector.device))
+            gradient = aggregate_payloads(self.aggregator, rows, self.vector.device)
             self.vector = self.optimizer.step(self.vector, gradient)
             self.step += 1
             self.report()
