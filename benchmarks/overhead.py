@@ -109,7 +109,7 @@ def cpu_snapshot(root: int | None = None) -> dict[int, tuple[bytes, int]]:
             continue
         try:
             fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            name = Path(f"/proc/{entry}/cmdline").read_bytes()[:64]
+            name = Path(f"/proc/{entry}/cmdline").read_bytes()[:256]
         except OSError:
             continue
         pid = int(entry)
@@ -209,6 +209,12 @@ def run_one(
     run_cpu[os.getpid()] -= evaluating["cpu"]
     # The busiest node actor bounds steps/s where every node has a core of its own (a cluster).
     actor_cpu = [used for pid, used in run_cpu.items() if marks["end"][pid][0].startswith(b"ray::")]
+    if args.processes:
+        print(f"  {name}: CPU ms per step by process", flush=True)
+        for pid, used in sorted(run_cpu.items(), key=lambda item: -item[1]):
+            argv = marks["end"][pid][0].decode(errors="replace").split("\0")
+            title = " ".join(os.path.basename(arg) for arg in argv[:2] if arg)
+            print(f"    {1e3 * used / args.steps:8.1f}  {pid:>7d}  {title}", flush=True)
     rows, summary = result.rows, result.summary
     t0 = rows[0]["time_s"]
     run_s = rows[-1]["time_s"] - t0
@@ -533,6 +539,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", help="run only these systems")
     parser.add_argument("--out", help="keep the runs' results here (default: a temporary folder)")
     parser.add_argument("--nodes", type=int, default=1, help="Ray nodes (raylets) to start on this machine")
+    parser.add_argument(
+        "--processes",
+        action="store_true",
+        help="print each run's CPU per step for every process (actors show as ray::NodeActor)",
+    )
     parser.add_argument(
         "--store-mb",
         type=int,
