@@ -19,6 +19,7 @@ from byzsgd.aggregators.base import (
     mean,
     on_numpy,
     register,
+    squares_finite,
 )
 from byzsgd.aggregators.distances import exact_gram
 from byzsgd.registry import ConfigError
@@ -45,7 +46,7 @@ def _network_median(a: Rows, finite: bool, verify: bool = False) -> np.ndarray |
         stop = min(start + CHUNK, d)
         rows = [row[start:stop] for row in a]
         low, high, t = out[start:stop], other[: stop - start], spare[: stop - start]
-        if verify and not _finite_chunk(rows):
+        if verify and not squares_finite(rows).all():
             return None
         if n == 2:
             low[...], high[...] = rows[0], rows[1]
@@ -88,12 +89,6 @@ def _network_median(a: Rows, finite: bool, verify: bool = False) -> np.ndarray |
         np.multiply(high, 0.5, out=high)
         np.add(low, high, out=low)
     return out
-
-
-def _finite_chunk(rows: Rows) -> bool:
-    """Whether every row's dot product with itself is finite (so are its entries)."""
-    with np.errstate(over="ignore"):  # squares cannot make NaN from numbers: no invalid flag
-        return all(np.isfinite(np.dot(row, row)) for row in rows)
 
 
 def _middle_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -42,12 +42,12 @@ _TRUSTED = 1.0 / 32
 
 
 @contextlib.contextmanager
-def _one_thread(x: torch.Tensor) -> Iterator[None]:
+def _one_thread(device: torch.device) -> Iterator[None]:
     """Run torch's CPU kernels on one thread: an (n, 2^14) x (2^14, n) product is far too small
     to share, and on a busy machine the thread hand-offs cost ten times the product (measured:
     ~12 ms of CPU per 5-row Gram at d = 1.6M on one thread, ~75 ms on two)."""
     threads = torch.get_num_threads()
-    if x.device.type != "cpu" or threads == 1:
+    if device.type != "cpu" or threads == 1:
         yield
         return
     torch.set_num_threads(1)
@@ -73,13 +73,13 @@ def gram(x: torch.Tensor | Rows, reference: torch.Tensor | None = None) -> np.nd
     if isinstance(x, np.ndarray) and min(x.strides) >= 0:
         x = torch.from_numpy(x)  # one matrix: the batched products read it in place
     if not isinstance(x, torch.Tensor):
-        with _one_thread(torch.empty(0)):
+        with _one_thread(torch.device("cpu")):
             return _rows_gram(x).numpy()
     n, d = x.shape
     work = _work_dtype(x)
     step = _block_size(x)
     if reference is None and work == x.dtype and x.stride(-1) == 1:
-        with _one_thread(x):
+        with _one_thread(x.device):
             return _batched_gram(x, step).cpu().numpy()
     g = torch.zeros(n, n, dtype=torch.float64, device=x.device)
     buffer = None
@@ -87,7 +87,7 @@ def gram(x: torch.Tensor | Rows, reference: torch.Tensor | None = None) -> np.nd
         buffer = torch.empty(n, min(d, step), dtype=work, device=x.device)
         if reference is not None:
             reference = reference.to(work)
-    with _one_thread(x):
+    with _one_thread(x.device):
         for start in range(0, d, step):
             stop = min(start + step, d)
             block = x[:, start:stop]
@@ -143,7 +143,7 @@ def direct_sq_distance(x: torch.Tensor, i: int, j: int) -> float:
     d = x.shape[1]
     step = _block_size(x)
     total = 0.0
-    with _one_thread(x):
+    with _one_thread(x.device):
         for start in range(0, d, step):
             stop = min(start + step, d)
             diff = x[i, start:stop].to(torch.float64) - x[j, start:stop].to(torch.float64)
