@@ -38,6 +38,12 @@ monitor's evaluations of the servers' models. This process runs one OpenMP threa
     python benchmarks/overhead.py --workload mnist-wide --only vanilla byzsgd --actors node --nodes 3
     python benchmarks/overhead.py --runtime local --workload cifar-resnet18 --steps 3 --repeat 1
     python benchmarks/overhead.py --workload cifar-resnet18 --cifar-root ~/data   # real CIFAR-10
+    python benchmarks/overhead.py --device cuda --workload cifar-resnet18 --steps 20 --repeat 1
+
+``--device cuda`` computes on GPUs: in process on this machine's, on Ray on those Ray assigns
+the actors hosting ``--gpu-roles`` (``--gpus-per-actor`` each, a fraction: several share one).
+The floors on a GPU are timed in wall time once the kernels are done; CPU per step is then the
+host's share only, so compare steps/s.
 
 Timings on a shared machine are noisy: repeat, and compare CPU per step rather than wall time.
 """
@@ -150,7 +156,7 @@ def make_config(name: str, section: dict[str, Any], args: argparse.Namespace, ru
         "runtime": runtime,
         "steps": args.steps,
         "eval_every": args.eval_every,
-        "device": "cpu",
+        "device": args.device,
         "optimizer": {"name": "sgd", "lr": args.lr},
         "attack": {"name": "none"},
         "server_attack": {"name": "none"},
@@ -159,6 +165,8 @@ def make_config(name: str, section: dict[str, Any], args: argparse.Namespace, ru
     }
     if runtime == "ray":
         data["ray"] = {"actors": actors}
+        if args.device == "cuda":  # actors compute on the GPUs Ray assigns them
+            data["ray"] |= {"num_gpus_per_actor": args.gpus_per_actor, "gpu_roles": args.gpu_roles}
     try:
         return config_from_dict(data)
     except ConfigError as error:
@@ -320,14 +328,15 @@ def run_floor(name: str, section: dict[str, Any], args: argparse.Namespace) -> d
         period = gather_period(config)
 
     device = workload.device
+    clock = work_clock(device)
     parts: Counter[str] = Counter()
     # Per node as well: the floor of the busiest node.
     per_node: Counter[str] = Counter()
 
     def timed(node: str, part: str, fn: Any, *args: Any) -> Any:
-        began = time.process_time()
+        began = clock()
         out = fn(*args)
-        spent = time.process_time() - began
+        spent = clock() - began
         parts[part] += spent
         per_node[node] += spent
         return out
@@ -356,11 +365,12 @@ def run_floor(name: str, section: dict[str, Any], args: argparse.Namespace) -> d
     step(0)  # warm up
     parts.clear()
     per_node.clear()
-    cpu, wall = time.process_time(), time.perf_counter()
+    cpu, wall = clock(), time.perf_counter()
     for t in range(1, args.steps + 1):
         step(t)
+    spent = clock() - cpu
     print(
-        f"  floor:{name} CPU ms/step by part: "
+        f"  floor:{name} {'CPU' if device.type == 'cpu' else 'GPU'} ms/step by part: "
         + ", ".join(f"{part} {1e3 * spent / args.steps:.1f}" for part, spent in parts.most_common()),
         flush=True,
     )
@@ -370,7 +380,7 @@ def run_floor(name: str, section: dict[str, Any], args: argparse.Namespace) -> d
         "startup_s": None,
         "startup_cpu_s": None,
         "steps_per_s": args.steps / (time.perf_counter() - wall),
-        "cpu_ms_per_step": 1e3 * (time.process_time() - cpu) / args.steps,
+        "cpu_ms_per_step": 1e3 * spent / args.steps,
         "busiest_actor_ms_per_step": 1e3 * busiest_node(per_node) / args.steps,
         "copied_mb_per_step": None,
         "cross_node_mb_per_step": None,
@@ -378,6 +388,26 @@ def run_floor(name: str, section: dict[str, Any], args: argparse.Namespace) -> d
         "time_to_target_s": None,
         "final_acc": None,
     }
+
+
+GPU_NOTE = (
+    "On the GPU, CPU ms/step is the host's share only and a floor's is wall time (kernels done):\n"
+    "compare steps/s."
+)
+
+
+def work_clock(device: Any) -> Any:
+    """What the floor's parts are timed with: this process's CPU time on the CPU; on a GPU, wall
+    time once its queued kernels are done (CPU time would count only their launches)."""
+    if device.type != "cuda":
+        return time.process_time
+    import torch
+
+    def synchronized() -> float:
+        torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    return synchronized
 
 
 def fmt(value: Any, spec: str) -> str:
@@ -511,6 +541,8 @@ def main_local(args: argparse.Namespace) -> int:
         "vanilla's and of the system's floor (its gradients and aggregations with no messaging), lower is\n"
         "better. copied MB/step: bytes written by to_payload and stack_payloads. Evaluations excluded."
     )
+    if args.device == "cuda":
+        print(GPU_NOTE)
     return 0
 
 
@@ -528,6 +560,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-ps", type=int, default=5)
     parser.add_argument("--f-ps", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="where nodes compute; cuda on Ray: actors of --gpu-roles request --gpus-per-actor GPUs "
+        "(floors on a GPU are timed in wall time, synchronized)",
+    )
+    parser.add_argument("--gpus-per-actor", type=float, default=0.25, help="ray.num_gpus_per_actor with --device cuda")
+    parser.add_argument(
+        "--gpu-roles",
+        nargs="+",
+        choices=["workers", "servers"],
+        default=["workers", "servers"],
+        help="ray.gpu_roles with --device cuda (default: both)",
+    )
     parser.add_argument(
         "--actors",
         nargs="+",
@@ -552,6 +599,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.nodes < 1:
         parser.error(f"--nodes={args.nodes}: must be at least 1")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():  # the floors (and --runtime local) compute here
+            parser.error(f"--device cuda: torch {torch.__version__} sees no CUDA device on this machine")
     try:
         if args.runtime == "local":
             return main_local(args)
@@ -618,6 +670,8 @@ def main_ray(args: argparse.Namespace) -> int:
         "serialized inline into calls; cross-node MB/step: payload bytes sent between Ray nodes (an object\n"
         "once per receiving node). Both as the runtime counts them, start-up included."
     )
+    if args.device == "cuda":
+        print(GPU_NOTE)
     return 0
 
 
