@@ -302,8 +302,8 @@ def run_floor(name: str, section: dict[str, Any], args: argparse.Namespace) -> d
     """The arithmetic of one step of `name`, in one process with no messages: the same gradients
     (one per worker, at the point the protocol evaluates them) and the same aggregations (on
     their inputs as the nodes pass them) and optimizer steps; ByzSGD's Gather every T steps. byzsgd-sync
-    gets ByzSGD's arithmetic (its filters are not counted: a floor, not a model of it)."""
-
+    gets ByzSGD's arithmetic (its filters are not counted: a floor, not a model of it). On a GPU
+    the parts are timed in wall time once the kernels are done (:func:`work_clock`)."""
     from byzsgd.aggregators import make_aggregator
     from byzsgd.optim import make_optimizer
     from byzsgd.protocols.base import aggregate_payloads

@@ -13,7 +13,7 @@ from byzsgd.aggregators import base, classic, distances, make_aggregator
 from byzsgd.aggregators.base import host_rows, mean_of_rows
 from tests.test_aggregators import RULES, rule, smallest_n
 
-FAST = ["mda", "median", "mean"]  # the rules with a row path
+FAST = ["mda", "median", "mean", "krum", "multikrum"]  # the rules with a row path
 
 
 def rows_of(x: np.ndarray) -> list[np.ndarray]:
@@ -153,10 +153,34 @@ def test_a_subclass_that_changes_the_rule_does_not_inherit_its_row_path():
     class Tuned(classic.Median):  # a subclass that keeps the rule keeps the row path
         pass
 
+    def lowest_of_rows(self, rows, f):
+        return np.min(rows, axis=0)
+
+    class Lower(classic.Median):  # a variant with a row path of its own keeps it
+        def _aggregate(self, x, f):
+            return x.min(dim=0).values
+
+        _aggregate_rows = lowest_of_rows
+
     x = np.random.default_rng(7).standard_normal((5, 9)).astype(np.float32)
     np.testing.assert_array_equal(Upper(1)(rows_of(x)), x.max(axis=0))
     assert Upper._aggregate_rows is Aggregator._aggregate_rows
     assert Tuned._aggregate_rows is classic.Median._aggregate_rows
+    assert Lower._aggregate_rows is lowest_of_rows
+
+
+def test_a_subclass_that_picks_other_rows_does_not_inherit_the_row_path():
+    from byzsgd.aggregators import Aggregator, krum
+
+    class Farthest(krum.Krum):  # a plugin's variant: the input with the highest score, not the lowest
+        def selection(self, x, f):
+            scores = krum.krum_scores(distances.pairwise_sq_distances(x), x.shape[0] - f - 2)
+            return np.array([int(np.argmax(scores))])
+
+    x = np.random.default_rng(9).standard_normal((7, 9)).astype(np.float32)
+    x[3] += 10  # far from the rest: the worst score
+    np.testing.assert_array_equal(Farthest(2)(rows_of(x)), x[3])
+    assert Farthest._aggregate_rows is Aggregator._aggregate_rows
 
 
 def test_lists_of_plain_sequences_are_stacked_as_before():
@@ -176,12 +200,12 @@ def test_rules_with_a_row_path_never_stack_finite_rows(name, as_list, f, monkeyp
     monkeypatch.setattr(base, "as_tensor", refuse)  # the general path's first step
     x = np.random.default_rng(8).standard_normal((5, 700)).astype(np.float32)  # wide: the median's network
     out = rule(name, f)(rows_of(x) if as_list else x)
-    expected = np.mean(x, axis=0) if f == 0 and name != "median" else None
+    expected = np.mean(x, axis=0) if f == 0 and name in ("mda", "mean", "multikrum") else None  # all n rows kept
     if expected is not None:
         np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", FAST)
+@pytest.mark.parametrize("name", ["mda", "median", "mean"])  # Krum needs 3 rows even with f = 0
 def test_one_row_is_its_own_aggregate(name):
     row = np.arange(5, dtype=np.float32)
     np.testing.assert_array_equal(rule(name, 0)([row]), row)
@@ -213,3 +237,13 @@ def test_median_network_verify_raises_no_warning_on_overflowing_squares():
         warnings.simplefilter("error")
         assert classic._network_median(rows, finite=True, verify=True) is None
         np.testing.assert_array_equal(rule("median", 1)(rows), np.full(8, 1e20, np.float32))
+
+
+@pytest.mark.parametrize("name,expected", [("krum", 0.0), ("multikrum", -0.75)])
+def test_krum_over_rows_breaks_equal_scores_by_content_not_position(name, expected):
+    # On a line at -3, -1, 0, 1, 3 (f = 1, 2 neighbours): -1 and 1 score alike, and so do -3 and
+    # 3, which tie for Multi-Krum's fourth place: the smaller content wins, whatever the order.
+    points = np.array([-3.0, -1.0, 0.0, 1.0, 3.0], np.float32)
+    for order in np.random.default_rng(2).permuted(np.tile(np.arange(5), (6, 1)), axis=1):
+        rows = [np.array([points[i], 0.0], np.float32) for i in order]
+        np.testing.assert_array_equal(rule(name, 1)(rows), [expected, 0.0])

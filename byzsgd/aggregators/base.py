@@ -216,8 +216,8 @@ class Aggregator:
 
     Input: an (n, d) array or tensor, or a list of n 1-D vectors (payloads as received). A rule
     may also implement `_aggregate_rows`, a fast path over float32/float64 host rows read in
-    place (MDA, median and mean do): no stacked copy of its input, and the finite check made in
-    the rule's own pass where it can.
+    place (MDA, Krum, Multi-Krum, median and mean do): no stacked copy of its input, and the
+    finite check made in the rule's own pass where it can.
     """
 
     name: ClassVar[str] = "aggregator"
@@ -225,8 +225,9 @@ class Aggregator:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        # A subclass that changes the rule keeps no row path computing its parent's rule.
-        if "_aggregate" in cls.__dict__ and "_aggregate_rows" not in cls.__dict__:
+        # A subclass that changes the rule (its `_aggregate`, or the `selection` of the rules that
+        # pick rows: MDA, Multi-Krum) keeps no row path computing its parent's rule.
+        if {"_aggregate", "selection"} & cls.__dict__.keys() and "_aggregate_rows" not in cls.__dict__:
             cls._aggregate_rows = Aggregator._aggregate_rows  # type: ignore[method-assign]
 
     def __init__(self, f: int) -> None:

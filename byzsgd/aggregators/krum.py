@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from byzsgd.aggregators.base import Aggregator, mean_of, register
+from byzsgd.aggregators.base import Aggregator, Rows, mean_of, mean_of_rows, register
 from byzsgd.aggregators.classic import mean_around_median
-from byzsgd.aggregators.distances import pairwise_sq_distances
+from byzsgd.aggregators.distances import gram, pairwise_sq_distances
 from byzsgd.registry import ConfigError
 
 
@@ -19,7 +20,7 @@ def krum_scores(d2: np.ndarray, neighbours: int) -> np.ndarray:
     return np.sort(d2, axis=1)[:, 1 : neighbours + 1].sum(axis=1)
 
 
-def ranked(scores: np.ndarray, rows: list[torch.Tensor]) -> np.ndarray:
+def ranked(scores: np.ndarray, rows: Sequence[torch.Tensor | np.ndarray]) -> np.ndarray:
     """Indices by increasing score; equal scores ordered by the rows' contents (first differing
     coordinate), not by position. A mutually nearest pair always scores alike, so breaking that
     tie by index would let the order of arrival pick the output."""
@@ -36,11 +37,11 @@ def ranked(scores: np.ndarray, rows: list[torch.Tensor]) -> np.ndarray:
     return np.array(order, dtype=np.int64)
 
 
-def _compare(a: torch.Tensor, b: torch.Tensor) -> int:
-    differ = torch.nonzero(a != b)
+def _compare(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> int:
+    differ = np.flatnonzero(a != b) if isinstance(a, np.ndarray) else torch.nonzero(a != b).flatten()
     if len(differ) == 0:
         return 0
-    k = int(differ[0, 0])
+    k = int(differ[0])
     return -1 if a[k] < b[k] else 1
 
 
@@ -88,6 +89,16 @@ class MultiKrum(Aggregator):
 
     def _aggregate(self, x: torch.Tensor, f: int) -> torch.Tensor:
         return mean_of(x, self.selection(x, f))
+
+    def _aggregate_rows(self, rows: Rows, f: int) -> np.ndarray | None:
+        """As MDA's row path: one Gram product of the rows read in place, whose finite diagonal
+        is the finite check, then the average of the selected rows chunk by chunk."""
+        g = gram(rows)
+        if not np.isfinite(np.diag(g)).all():
+            return None
+        m, k = self._counts(len(rows), f)
+        scores = krum_scores(pairwise_sq_distances(rows, g), k)
+        return mean_of_rows(rows, ranked(scores, rows)[:m])
 
 
 @register("krum")
