@@ -63,7 +63,8 @@ class WaitForAllServer(ByzSGDServer):
                 break
             received = dict(zip(senders, self.inbox.quorum("gradient", self.step, len(senders)), strict=True))
             self.inbox.advance("gradient", self.step + 1)
-            missing = np.full(self.vector.numel(), np.nan, dtype=np.float32)
+            # A silent worker's row: built only when one is silent (a full vector per step otherwise).
+            missing = None if len(received) == len(self.workers) else np.full(self.vector.numel(), np.nan, np.float32)
             rows = [received.get(worker, missing) for worker in self.workers]
             gradient = aggregate_payloads(self.aggregator, rows, self.vector.device)
             self.vector = self.optimizer.step(self.vector, gradient)
