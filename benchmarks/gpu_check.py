@@ -6,15 +6,17 @@ GPU paths with the device string only). Each check prints PASS or FAIL with what
 1. the suite's CUDA tests (every aggregation rule on CUDA tensors against the CPU);
 2. in process (``runtime: local``, ``device: cuda``): ByzSGD on ``mnist-wide`` (d = 1.63M)
    trains on the GPU: ``summary.json`` says ``cuda``, and test accuracy rises;
-3. on Ray, when Ray is installed: with ``ray.num_gpus_per_actor: 0.25`` and
-   ``ray.gpu_roles: [workers, servers]`` every node reports ``cuda:0`` in ``summary.json``'s
-   ``devices``; with ``gpu_roles: [workers]`` the workers do and the servers stay on the CPU.
+3. on Ray, when Ray is installed, this machine's GPUs shared equally among the actors of
+   ``ray.gpu_roles`` (``ray.num_gpus_per_actor``: 1/12 of one GPU for 5 servers and 7
+   workers): with ``gpu_roles: [workers, servers]`` every node reports ``cuda:0`` in
+   ``summary.json``'s ``devices``; with ``[workers]`` the workers do and the servers stay on
+   the CPU.
 
 Then the figures (skipped with ``--checks-only``): ``benchmarks/overhead.py --device cuda`` for
 vanilla and ByzSGD on ``mnist-wide`` and ``cifar-resnet18``, in process and on Ray.
 
-    python benchmarks/gpu_check.py                 # checks, then figures (about 5 minutes)
-    python benchmarks/gpu_check.py --checks-only   # about 2 minutes
+    python benchmarks/gpu_check.py                 # checks, then figures
+    python benchmarks/gpu_check.py --checks-only   # the checks alone
     python benchmarks/gpu_check.py --dry-run       # the same checks on the CPU, no GPU requested
 
 ``--dry-run`` runs checks 2 and 3 on the CPU (``device: cpu``, no GPUs requested, every node
@@ -37,6 +39,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from benchmarks.overhead import gpu_count, gpu_share  # noqa: E402  (after the path)
 
 # ByzSGD at a size where the GPU matters: n_ps = 5 (f_ps = 1), n_w = 7 (f_w = 2), as overhead.py.
 WORKLOAD = {"data": {"dataset": "mnist5k", "batch_size": 32}, "model": {"name": "mlp", "hidden": 2048}}
@@ -83,7 +87,11 @@ def check_in_process(folder: Path, steps: int, gpu: bool) -> str | None:
 
 
 def check_on_ray(folder: Path, steps: int, roles: list[str], gpu: bool) -> str | None:
-    ray_settings = {"num_gpus_per_actor": 0.25 if gpu else 0.0, "gpu_roles": roles}
+    """Every node of ``roles`` on the GPU Ray assigned its actor (this machine's GPUs shared
+    equally among them), every other node on the CPU."""
+    gpu_nodes = sum(BYZSGD["nodes"]["n_w" if role == "workers" else "n_ps"] for role in roles)
+    share = gpu_share(gpu_count(), gpu_nodes) if gpu else 0.0
+    ray_settings = {"num_gpus_per_actor": share, "gpu_roles": roles}
     settings = {"runtime": "ray", "device": "auto" if gpu else "cpu", "steps": steps, "eval_every": steps}
     out = run({**settings, "ray": ray_settings}, folder)
     devices: dict[str, str] = out.summary["devices"]

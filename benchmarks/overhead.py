@@ -41,7 +41,8 @@ monitor's evaluations of the servers' models. This process runs one OpenMP threa
     python benchmarks/overhead.py --device cuda --workload cifar-resnet18 --steps 20 --repeat 1
 
 ``--device cuda`` computes on GPUs: in process on this machine's, on Ray on those Ray assigns
-the actors hosting ``--gpu-roles`` (``--gpus-per-actor`` each, a fraction: several share one).
+the actors hosting ``--gpu-roles`` (``--gpus-per-actor`` each; by default this machine's GPUs
+shared equally among those nodes, e.g. 1/12 of one GPU for each of ByzSGD's 12).
 The floors on a GPU are timed in wall time once the kernels are done; CPU per step is then the
 host's share only, so compare steps/s.
 
@@ -51,6 +52,7 @@ Timings on a shared machine are noisy: repeat, and compare CPU per step rather t
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import tempfile
@@ -166,7 +168,10 @@ def make_config(name: str, section: dict[str, Any], args: argparse.Namespace, ru
     if runtime == "ray":
         data["ray"] = {"actors": actors}
         if args.device == "cuda":  # actors compute on the GPUs Ray assigns them
-            data["ray"] |= {"num_gpus_per_actor": args.gpus_per_actor, "gpu_roles": args.gpu_roles}
+            nodes = section["nodes"]
+            gpu_nodes = sum(nodes["n_w"] if role == "workers" else nodes["n_ps"] for role in args.gpu_roles)
+            share = args.gpus_per_actor or gpu_share(gpu_count(), gpu_nodes)
+            data["ray"] |= {"num_gpus_per_actor": share, "gpu_roles": args.gpu_roles}
     try:
         return config_from_dict(data)
     except ConfigError as error:
@@ -365,10 +370,10 @@ def run_floor(name: str, section: dict[str, Any], args: argparse.Namespace) -> d
     step(0)  # warm up
     parts.clear()
     per_node.clear()
-    cpu, wall = clock(), time.perf_counter()
+    began, wall = clock(), time.perf_counter()
     for t in range(1, args.steps + 1):
         step(t)
-    spent = clock() - cpu
+    total = clock() - began
     print(
         f"  floor:{name} {'CPU' if device.type == 'cpu' else 'GPU'} ms/step by part: "
         + ", ".join(f"{part} {1e3 * spent / args.steps:.1f}" for part, spent in parts.most_common()),
@@ -380,7 +385,7 @@ def run_floor(name: str, section: dict[str, Any], args: argparse.Namespace) -> d
         "startup_s": None,
         "startup_cpu_s": None,
         "steps_per_s": args.steps / (time.perf_counter() - wall),
-        "cpu_ms_per_step": 1e3 * spent / args.steps,
+        "cpu_ms_per_step": 1e3 * total / args.steps,
         "busiest_actor_ms_per_step": 1e3 * busiest_node(per_node) / args.steps,
         "copied_mb_per_step": None,
         "cross_node_mb_per_step": None,
@@ -394,6 +399,19 @@ GPU_NOTE = (
     "On the GPU, CPU ms/step is the host's share only and a floor's is wall time (kernels done):\n"
     "compare steps/s."
 )
+
+
+def gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def gpu_share(gpus: int, actors: int) -> float:
+    """Each of ``actors`` actors' equal share of ``gpus`` GPUs, as ``ray.num_gpus_per_actor``
+    takes it. A fraction of a GPU never spans two, so ceil(actors / gpus) actors share each one;
+    in Ray's resource precision (1e-4), rounded down so that they all fit."""
+    return math.floor(1e4 / math.ceil(actors / gpus)) / 1e4
 
 
 def work_clock(device: Any) -> Any:
@@ -567,7 +585,12 @@ def main(argv: list[str] | None = None) -> int:
         help="where nodes compute; cuda on Ray: actors of --gpu-roles request --gpus-per-actor GPUs "
         "(floors on a GPU are timed in wall time, synchronized)",
     )
-    parser.add_argument("--gpus-per-actor", type=float, default=0.25, help="ray.num_gpus_per_actor with --device cuda")
+    parser.add_argument(
+        "--gpus-per-actor",
+        type=float,
+        help="ray.num_gpus_per_actor with --device cuda (default: this machine's GPUs shared equally "
+        "among the nodes of --gpu-roles)",
+    )
     parser.add_argument(
         "--gpu-roles",
         nargs="+",

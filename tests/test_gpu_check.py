@@ -43,6 +43,7 @@ def test_without_cuda_it_says_so_and_exits_2(capsys):
 )
 def test_the_ray_check_wants_gpu_roles_on_cuda_and_the_rest_on_the_cpu(monkeypatch, tmp_path, devices, roles, problem):
     monkeypatch.setattr(gpu_check, "run", fake_run({"devices": devices}))
+    monkeypatch.setattr(gpu_check, "gpu_count", lambda: 1)
     verdict = gpu_check.check_on_ray(tmp_path, 5, roles, gpu=True)
     assert verdict is None if problem is None else problem in verdict
 
@@ -68,3 +69,35 @@ def test_dry_run_trains_in_process_on_the_cpu(tmp_path):
 @pytest.mark.slow
 def test_dry_run_on_ray_puts_every_node_on_the_cpu(ray_cluster, tmp_path):
     assert gpu_check.check_on_ray(tmp_path, 3, ["workers"], gpu=False) is None
+
+
+@pytest.mark.parametrize("roles,actors", [(["workers", "servers"], 12), (["workers"], 7)])
+def test_the_ray_check_asks_for_no_more_than_one_gpu_holds(monkeypatch, tmp_path, roles, actors):
+    from byzsgd.api import make_config
+    from byzsgd.runtime.cluster import check_cluster_gpus
+
+    seen = {}
+
+    def capture(settings, folder):
+        seen.update(settings)
+        return fake_run({"devices": {}})(settings, folder)
+
+    monkeypatch.setattr(gpu_check, "run", capture)
+    monkeypatch.setattr(gpu_check, "gpu_count", lambda: 1)
+    gpu_check.check_on_ray(tmp_path, 5, roles, gpu=True)
+    config = make_config({**gpu_check.BYZSGD, **seen})
+    check_cluster_gpus(config, actors, {"GPU": 1.0, "CPU": 16.0})  # the start-up refusal, on one GPU
+    assert 0 < seen["ray"]["num_gpus_per_actor"] * actors <= 1
+
+
+@pytest.mark.parametrize("gpus", [1, 2, 3, 8])
+@pytest.mark.parametrize("actors", [1, 2, 3, 7, 12, 40])
+def test_an_equal_gpu_share_fits_and_is_what_ray_takes(gpus, actors):
+    from benchmarks.overhead import gpu_share
+    from byzsgd.api import make_config
+    from byzsgd.runtime.cluster import check_cluster_gpus
+
+    share = gpu_share(gpus, actors)
+    assert 0 < share <= 1 and share * actors <= gpus and round(share * 1e4) == share * 1e4
+    config = make_config(runtime="ray", device="auto", ray={"num_gpus_per_actor": share})
+    check_cluster_gpus(config, actors, {"GPU": float(gpus), "CPU": 16.0})
