@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from benchmarks.overhead import gpu_count, gpu_share  # noqa: E402  (after the path)
+from benchmarks.overhead import gpu_count, gpu_share, role_nodes  # noqa: E402  (after the path)
 
 # ByzSGD at a size where the GPU matters: n_ps = 5 (f_ps = 1), n_w = 7 (f_w = 2), as overhead.py.
 WORKLOAD = {"data": {"dataset": "mnist5k", "batch_size": 32}, "model": {"name": "mlp", "hidden": 2048}}
@@ -89,8 +89,7 @@ def check_in_process(folder: Path, steps: int, gpu: bool) -> str | None:
 def check_on_ray(folder: Path, steps: int, roles: list[str], gpu: bool) -> str | None:
     """Every node of ``roles`` on the GPU Ray assigned its actor (this machine's GPUs shared
     equally among them), every other node on the CPU."""
-    gpu_nodes = sum(BYZSGD["nodes"]["n_w" if role == "workers" else "n_ps"] for role in roles)
-    share = gpu_share(gpu_count(), gpu_nodes) if gpu else 0.0
+    share = gpu_share(gpu_count(), role_nodes(BYZSGD["nodes"], roles)) if gpu else 0.0
     ray_settings = {"num_gpus_per_actor": share, "gpu_roles": roles}
     settings = {"runtime": "ray", "device": "auto" if gpu else "cpu", "steps": steps, "eval_every": steps}
     out = run({**settings, "ray": ray_settings}, folder)

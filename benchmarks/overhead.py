@@ -168,9 +168,7 @@ def make_config(name: str, section: dict[str, Any], args: argparse.Namespace, ru
     if runtime == "ray":
         data["ray"] = {"actors": actors}
         if args.device == "cuda":  # actors compute on the GPUs Ray assigns them
-            nodes = section["nodes"]
-            gpu_nodes = sum(nodes["n_w"] if role == "workers" else nodes["n_ps"] for role in args.gpu_roles)
-            share = args.gpus_per_actor or gpu_share(gpu_count(), gpu_nodes)
+            share = args.gpus_per_actor or gpu_share(gpu_count(), role_nodes(section["nodes"], args.gpu_roles))
             data["ray"] |= {"num_gpus_per_actor": share, "gpu_roles": args.gpu_roles}
     try:
         return config_from_dict(data)
@@ -405,6 +403,11 @@ def gpu_count() -> int:
     import torch
 
     return torch.cuda.device_count()
+
+
+def role_nodes(nodes: dict[str, int], roles: list[str]) -> int:
+    """How many nodes ``roles`` count in a ``nodes`` section (workers: n_w, servers: n_ps)."""
+    return sum(nodes["n_w"] if role == "workers" else nodes["n_ps"] for role in roles)
 
 
 def gpu_share(gpus: int, actors: int) -> float:

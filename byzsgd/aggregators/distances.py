@@ -138,6 +138,16 @@ def _rows_gram(rows: Rows) -> torch.Tensor:
     return g
 
 
+def finite_row_distances(rows: Rows) -> np.ndarray | None:
+    """`pairwise_sq_distances` of host rows read in place, or None when a row's squared norm is
+    not finite: a finite one bounds every entry of its row and the row's sum (as in
+    `finite_rows`), so the Gram product the distances need is the rules' finite check too."""
+    g = gram(rows)
+    if not np.isfinite(np.diag(g)).all():
+        return None
+    return pairwise_sq_distances(rows, g)
+
+
 def direct_sq_distance(x: torch.Tensor, i: int, j: int) -> float:
     """||x_i - x_j||^2 as a float64 sum of float64 squared differences, block by block."""
     d = x.shape[1]

@@ -10,7 +10,7 @@ import torch
 
 from byzsgd.aggregators.base import Aggregator, Rows, mean_of, mean_of_rows, register
 from byzsgd.aggregators.classic import mean_around_median
-from byzsgd.aggregators.distances import gram, pairwise_sq_distances
+from byzsgd.aggregators.distances import finite_row_distances, pairwise_sq_distances
 from byzsgd.registry import ConfigError
 
 
@@ -91,14 +91,13 @@ class MultiKrum(Aggregator):
         return mean_of(x, self.selection(x, f))
 
     def _aggregate_rows(self, rows: Rows, f: int) -> np.ndarray | None:
-        """As MDA's row path: one Gram product of the rows read in place, whose finite diagonal
-        is the finite check, then the average of the selected rows chunk by chunk."""
-        g = gram(rows)
-        if not np.isfinite(np.diag(g)).all():
+        """As MDA's row path: the distances of the rows read in place (their Gram product the
+        finite check), then the average of the selected rows chunk by chunk."""
+        d2 = finite_row_distances(rows)
+        if d2 is None:
             return None
         m, k = self._counts(len(rows), f)
-        scores = krum_scores(pairwise_sq_distances(rows, g), k)
-        return mean_of_rows(rows, ranked(scores, rows)[:m])
+        return mean_of_rows(rows, ranked(krum_scores(d2, k), rows)[:m])
 
 
 @register("krum")

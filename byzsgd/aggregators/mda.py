@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from byzsgd.aggregators.base import Aggregator, Rows, finite_mean_of_rows, mean, mean_of, mean_of_rows, register
-from byzsgd.aggregators.distances import gram, pairwise_sq_distances
+from byzsgd.aggregators.distances import finite_row_distances, pairwise_sq_distances
 
 
 def _adjacency(d2: np.ndarray, t: float) -> list[int]:
@@ -224,13 +224,9 @@ class MDA(Aggregator):
         return mean_of(x, self.selection(x, f))
 
     def _aggregate_rows(self, rows: Rows, f: int) -> np.ndarray | None:
-        """One Gram product of the rows read in place is the finite check too: a finite squared
-        norm bounds every entry of its row and the row's sum (as in `finite_rows`), so with a
-        finite diagonal no row is dropped (measured: 5 rows of 1.63M in ~15 ms, against ~22 ms to
-        stack, check and aggregate them)."""
+        """The distances of the rows read in place, their Gram product the finite check (measured:
+        5 rows of 1.63M in ~15 ms, against ~22 ms to stack, check and aggregate them)."""
         if f == 0:
             return finite_mean_of_rows(rows)
-        g = gram(rows)
-        if not np.isfinite(np.diag(g)).all():
-            return None
-        return mean_of_rows(rows, min_diameter_subset(pairwise_sq_distances(rows, g), len(rows) - f))
+        d2 = finite_row_distances(rows)
+        return None if d2 is None else mean_of_rows(rows, min_diameter_subset(d2, len(rows) - f))
